@@ -1,0 +1,20 @@
+"""Batched MCMC kernels for any PyTorch log-density.
+
+A target is a callable ``log_prob(x) -> Tensor[n]`` on ``x: Tensor[n, *event]``; chains are the
+batch dimension. Every kernel has ``init(x) -> State`` and ``step(state, generator) -> (State, Info)``;
+`sample` runs one with warm-up and returns a `Trace`.
+"""
+
+from .adaptation import DualAveraging
+from .base import Info, Kernel, State
+from .driver import sample
+from .flowmc import FlowMC
+from .hmc import HMC
+from .independent import ISIR, IndependentMH
+from .latent import Latent
+from .mala import MALA
+from .trace import Trace
+from .ula import ULA
+
+__all__ = ["DualAveraging", "FlowMC", "HMC", "ISIR", "IndependentMH", "Info", "Kernel", "Latent",
+           "MALA", "State", "Trace", "ULA", "sample"]

@@ -1,0 +1,108 @@
+"""Validation at the public boundary, and evaluation of a user's log-density.
+
+Every message names what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import LogProb
+
+
+def check_log_prob_fn(log_prob: object) -> None:
+    if not callable(log_prob):
+        raise TypeError(
+            f"log_prob must be a callable mapping x of shape (n, *event) to a Tensor of shape (n,); "
+            f"got {type(log_prob).__name__}"
+        )
+
+
+def check_positions(x: object, name: str = "x0") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (chains, *event); "
+                        f"got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (chains, *event) with at least 2 dimensions, e.g. (n, dim); "
+            f"got shape {tuple(x.shape)}. For a single chain use x.unsqueeze(0)."
+        )
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one chain; got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_step_size(step_size: float | Tensor, name: str = "step_size") -> None:
+    if isinstance(step_size, Tensor):
+        bad = not bool(torch.isfinite(step_size).all() and (step_size > 0).all())
+    elif isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
+        bad = not (math.isfinite(step_size) and step_size > 0)
+    else:
+        raise TypeError(f"{name} must be a positive float or Tensor; got {type(step_size).__name__}")
+    if bad:
+        raise ValueError(f"{name} must be positive and finite; got {step_size}")
+
+
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}; got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value}")
+    return value
+
+
+def per_chain(value: float | Tensor, x: Tensor) -> Tensor:
+    """A per-chain tensor ``(n,)`` on ``x``'s device and dtype from a scalar or ``(n,)`` tensor."""
+    n = x.shape[0]
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        return t.expand(n).clone()
+    if t.shape != (n,):
+        raise ValueError(f"a per-chain step size must be a scalar or of shape ({n},); "
+                         f"got shape {tuple(t.shape)}")
+    return t.clone()
+
+
+def _check_output(lp: object, x: Tensor) -> Tensor:
+    if not isinstance(lp, Tensor):
+        raise TypeError(f"log_prob must return a Tensor of shape ({x.shape[0]},); "
+                        f"got {type(lp).__name__}")
+    if lp.shape != x.shape[:1]:
+        raise ValueError(
+            f"log_prob must return one value per chain, shape ({x.shape[0]},), for x of shape "
+            f"{tuple(x.shape)}; got shape {tuple(lp.shape)}"
+        )
+    return lp
+
+
+def evaluate(log_prob: LogProb, x: Tensor, grad: bool) -> tuple[Tensor, Tensor | None]:
+    """Log-density (and gradient) at ``x``, detached from any graph.
+
+    Gradients are taken with respect to ``x`` only, so parameters of the user's model (an EBM being
+    trained) accumulate nothing.
+    """
+    if not grad:
+        with torch.no_grad():
+            return _check_output(log_prob(x), x).detach(), None
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        lp = _check_output(log_prob(xg), x)
+        (g,) = torch.autograd.grad(lp.sum(), xg)
+    return lp.detach(), g
+
+
+def check_initial(lp: Tensor, name: str = "x0") -> None:
+    """Chains must start where the density is positive and finite (one host sync, at init only)."""
+    bad = ~torch.isfinite(lp)
+    if bool(bad.any()):
+        raise ValueError(
+            f"log_prob({name}) is not finite for {int(bad.sum())} of {lp.shape[0]} chains "
+            f"(first at chain {int(bad.nonzero()[0, 0])}); start chains where the density is positive"
+        )

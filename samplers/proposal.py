@@ -1,0 +1,53 @@
+"""The one Metropolis–Hastings accept/reject path shared by every MH kernel.
+
+A NaN or infinite log-density (or gradient) at a proposal makes that proposal a rejection; it never
+crashes and is never accepted. Such rejections are counted in ``Info.invalid``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import State
+
+
+def event_view(t: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-chain ``(n,)`` tensor to broadcast against ``like`` of shape ``(n, *event)``."""
+    return t.view(t.shape[0], *([1] * (like.ndim - 1)))
+
+
+def finite_rows(t: Tensor) -> Tensor:
+    """Per-chain flag ``(n,)``: every entry of the chain's slice of ``t`` is finite."""
+    return torch.isfinite(t).flatten(1).all(1) if t.ndim > 1 else torch.isfinite(t)
+
+
+def mh_accept(
+    log_ratio: Tensor, valid: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Accept each chain's proposal with probability ``min(1, exp(log_ratio))``.
+
+    Args:
+        log_ratio: log acceptance ratio ``(n,)``; NaN counts as a rejection.
+        valid: bool ``(n,)``; False forces a rejection (non-finite proposal).
+        generator: source of the uniform draws.
+
+    Returns:
+        ``(accepted, accept_prob)``, both ``(n,)``.
+    """
+    log_ratio = torch.where(valid & ~torch.isnan(log_ratio), log_ratio, -torch.inf)
+    accept_prob = log_ratio.clamp(max=0.0).exp()
+    u = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device,
+                   dtype=log_ratio.dtype)
+    accepted = u < accept_prob
+    return accepted, accept_prob
+
+
+def select(accepted: Tensor, new: State, old: State) -> State:
+    """Per-chain choice between two states: ``new`` where accepted, ``old`` elsewhere."""
+    a = event_view(accepted, old.x)
+    return old.replace(
+        x=torch.where(a, new.x, old.x),
+        log_prob=torch.where(accepted, new.log_prob, old.log_prob),
+        grad=None if old.grad is None else torch.where(a, new.grad, old.grad),
+    )
