@@ -6,8 +6,9 @@ Chains are the batch dimension of ``x``; nothing loops over chains in Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

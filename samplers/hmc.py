@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_initial, check_log_prob_fn, check_positions, check_positive_int
-from ._checks import check_step_size, evaluate, per_chain
+from ._checks import (
+    check_initial,
+    check_log_prob_fn,
+    check_positions,
+    check_positive_int,
+    check_step_size,
+    evaluate,
+    per_chain,
+)
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
 from .proposal import event_view, finite_rows, mh_accept, select

@@ -8,18 +8,17 @@ is now). Proposals for all chains are drawn and scored in one batch.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ._checks import check_initial, check_log_prob_fn, check_positions, check_positive_int
-from ._checks import evaluate
+from ._checks import check_initial, check_log_prob_fn, check_positions, check_positive_int, evaluate
 from .base import Info, Kernel, LogProb, State
 from .proposal import event_view, finite_rows, mh_accept
 
-Proposal = Union[Distribution, Callable[[], Distribution]]
+Proposal = Distribution | Callable[[], Distribution]
 
 
 def check_proposal(proposal: object) -> None:

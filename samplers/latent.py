@@ -7,8 +7,9 @@ A flow ``T`` that roughly maps a standard Gaussian onto the target makes the pul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

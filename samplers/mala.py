@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_initial, check_log_prob_fn, check_positions, check_step_size, evaluate
-from ._checks import per_chain
+from ._checks import (
+    check_initial,
+    check_log_prob_fn,
+    check_positions,
+    check_step_size,
+    evaluate,
+    per_chain,
+)
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
 from .diffusions import langevin_log_density, langevin_proposal

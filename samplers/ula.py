@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_initial, check_log_prob_fn, check_positions, check_step_size, evaluate
-from ._checks import per_chain
+from ._checks import (
+    check_initial,
+    check_log_prob_fn,
+    check_positions,
+    check_step_size,
+    evaluate,
+    per_chain,
+)
 from .base import Info, Kernel, LogProb, State
 from .diffusions import langevin_proposal
 from .proposal import event_view, finite_rows
