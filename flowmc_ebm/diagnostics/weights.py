@@ -1,0 +1,360 @@
+"""Mode weights with error bars, from two independent estimators, and whether they agree.
+
+- `mode_weights`: occupancy of the chains. Its standard error is ArviZ's MCSE of the mean of
+  each mode's indicator, i.e. `sd / sqrt(ess)` with ArviZ's multi-chain ESS of that indicator,
+  so autocorrelation and chains stuck apart widen it (no batch means).
+- `importance_mode_weights`: self-normalized importance sampling with a proposal (the flow),
+  which does not depend on the chains having mixed. Its standard error is the delta-method one
+  of the SNIS ratio.
+
+Both give Wilson score intervals with the effective sample size in place of `n`, which stay in
+[0, 1] and do not collapse to a point for a weight estimated as exactly 0 or 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowmc_ebm.diagnostics import _arviz
+from flowmc_ebm.diagnostics._chains import chains_tensor, require_shape
+from flowmc_ebm.diagnostics.modes import chain_labels, infer_n_modes, mode_labels
+
+#: Pareto k-hat above this means importance-sampling estimates are unreliable (Vehtari et al.).
+KHAT_THRESHOLD = 0.7
+
+
+@dataclass(frozen=True)
+class ModeWeights:
+    """Estimated mode weights; arrays have shape `(K,)`.
+
+    Attributes:
+        weights: estimated mass of each mode (sums to 1).
+        se: standard error of each weight.
+        lower, upper: `level` Wilson interval with `ess` in place of the sample size.
+        ess: effective sample size behind each weight: ArviZ's ESS of the mode indicator
+            (occupancy), or `w (1 - w) / se**2` (importance sampling; the weights' Kish ESS
+            where `w` is 0 or 1).
+        method: "occupancy" or "importance".
+        level: coverage of the interval.
+        pareto_k: importance sampling only: Pareto k-hat of the log-weights (ArviZ `psislw`);
+            above 0.7 the standard errors are not to be trusted.
+        weights_ess: importance sampling only: Kish ESS `1 / sum(normalized_w**2)`.
+        n: number of draws (occupancy) or of proposals (importance).
+    """
+
+    weights: np.ndarray
+    se: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    ess: np.ndarray
+    method: str
+    n: int
+    level: float = 0.95
+    pareto_k: float | None = None
+    weights_ess: float | None = None
+
+    @property
+    def n_modes(self) -> int:
+        return self.weights.shape[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "method": self.method,
+            "n": self.n,
+            "level": self.level,
+            "weights": self.weights.tolist(),
+            "se": self.se.tolist(),
+            "lower": self.lower.tolist(),
+            "upper": self.upper.tolist(),
+            "ess": self.ess.tolist(),
+        }
+        if self.pareto_k is not None:
+            out["pareto_k"] = self.pareto_k
+            out["weights_ess"] = self.weights_ess
+        return out
+
+    def table(self, true_weights: Any = None) -> str:
+        """A terminal table, with a column for the true weights when given."""
+        truth = None if true_weights is None else np.asarray(true_weights, dtype=float)
+        title = f"Mode weights ({self.method}, n={self.n}"
+        if self.pareto_k is not None:
+            flag = " UNRELIABLE" if self.pareto_k > KHAT_THRESHOLD else ""
+            title += f", weights ESS {self.weights_ess:.0f}, Pareto k {self.pareto_k:.2f}{flag}"
+        lines = [title + ")"]
+        pct = f"{100 * self.level:g}%"
+        head = f"{'mode':>5} {'weight':>8} {'se':>8} {pct + ' interval':>20} {'ESS':>8}"
+        lines.append(head + (f" {'true':>7}" if truth is not None else ""))
+        for k in range(self.n_modes):
+            line = (
+                f"{k:>5} {self.weights[k]:>8.4f} {self.se[k]:>8.4f} "
+                f"{f'[{self.lower[k]:.4f}, {self.upper[k]:.4f}]':>20} {self.ess[k]:>8.0f}"
+            )
+            lines.append(line + (f" {truth[k]:>7.4f}" if truth is not None else ""))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def mode_weights(
+    samples: Any, assign: Any, *, n_modes: int | None = None, level: float = 0.95
+) -> ModeWeights:
+    """Mode weights as the chains' occupancy, with autocorrelation-aware errors.
+
+    The weight of mode k is the fraction of all draws in it; its standard error is ArviZ's
+    MCSE of the mean of the indicator `1[label == k]` over `(chains, draws)`, so chains that
+    stay apart yield a large error (small ESS), not a falsely precise one. A mode no chain
+    leaves or none visits has a constant indicator: ArviZ's ESS is then the number of draws and
+    the error 0; only another estimator (`importance_mode_weights`) can reveal that.
+
+    Args:
+        samples: a Trace or an array / tensor `(chains, draws, *event)`; at least 4 draws.
+        assign: callable, centers `(K, dim)`, `FittedModes` or labels `(chains, draws)`.
+        n_modes: K; inferred from `assign` when it knows it, else the largest label + 1.
+        level: coverage of the intervals.
+
+    Returns:
+        `ModeWeights` with `method="occupancy"`.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.where(rng.random((4, 1000, 1)) < 0.25, 3.0, -3.0) + rng.normal(size=(4, 1000, 1))
+        >>> w = mode_weights(x, np.array([[-3.0], [3.0]]))
+        >>> bool(abs(w.weights[1] - 0.25) < 3 * w.se[1])
+        True
+    """
+    x = chains_tensor(samples)
+    require_shape(*x.shape[:2], min_chains=1, min_draws=4, purpose="ESS of mode indicators", name="samples")
+    labels = chain_labels(x, assign, n_modes)
+    k = infer_n_modes(assign, labels, n_modes)
+    indicators = (labels[..., None] == np.arange(k)).astype(np.float64)
+    weights = indicators.mean(axis=(0, 1))
+    ess = _arviz.ess(indicators, "mean")
+    se = _arviz.mcse_mean(indicators)
+    lower, upper = _wilson(weights, ess, level)
+    return ModeWeights(weights, se, lower, upper, ess, "occupancy", int(labels.size), level)
+
+
+def importance_mode_weights(
+    log_prob: Any,
+    proposal: Any,
+    assign: Any,
+    n: int = 10_000,
+    *,
+    n_modes: int | None = None,
+    level: float = 0.95,
+    seed: int | None = None,
+    batch_size: int = 8192,
+) -> ModeWeights:
+    """Mode weights by self-normalized importance sampling (SNIS) from a proposal.
+
+    With `x_i ~ q` and `w_i ∝ p(x_i) / q(x_i)` normalized to sum to 1, the weight of mode k is
+    `sum_i w_i 1[a_i = k]` and its delta-method variance `sum_i w_i**2 (1[a_i = k] - w_k)**2`.
+    Draws whose log-weight is not finite count with weight 0. Pareto k-hat flags a proposal
+    whose tails are too light where it does reach; it cannot see a mode the proposal never
+    reaches, which is one reason to compare with the chains (`compare_mode_weights`).
+
+    Args:
+        log_prob: unnormalized log-density, a callable `x[n, dim] -> Tensor[n]` or an object
+            with such a `.log_prob` (a target, an EBM wrapper).
+        proposal: a `torch.distributions.Distribution`, or a module whose call returns one
+            (a zuko flow).
+        assign: callable, centers `(K, dim)` or `FittedModes`.
+        n: number of proposals.
+        n_modes: K; inferred from `assign` when it knows it, else the largest label + 1.
+        level: coverage of the intervals.
+        seed: if given, proposals are drawn under this torch seed without touching the global
+            random state (distributions sample from the global generator).
+        batch_size: proposals drawn and scored per batch, to bound memory.
+
+    Returns:
+        `ModeWeights` with `method="importance"`, `pareto_k` and `weights_ess` set.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import Independent, Normal
+        >>> q = Independent(Normal(torch.zeros(1), 4 * torch.ones(1)), 1)
+        >>> p = lambda x: torch.logsumexp(torch.stack([
+        ...     Normal(-3.0, 1.0).log_prob(x[:, 0]) + torch.tensor(0.75).log(),
+        ...     Normal(3.0, 1.0).log_prob(x[:, 0]) + torch.tensor(0.25).log()]), 0)
+        >>> w = importance_mode_weights(p, q, torch.tensor([[-3.0], [3.0]]), 20_000, seed=0)
+        >>> bool(abs(w.weights[1] - 0.25) < 4 * w.se[1])
+        True
+    """
+    if n < 2:
+        raise ValueError(f"importance sampling needs n >= 2 proposals; received n={n}.")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
+        x, log_w = _propose_and_weigh(log_prob, proposal, n, batch_size)
+    finite = np.isfinite(log_w)
+    if not finite.any():
+        raise ValueError(
+            "all importance log-weights are NaN or infinite: the proposal and log_prob share no "
+            "support (or log_prob returns NaN)."
+        )
+    log_w = np.where(finite, log_w, -np.inf)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+
+    labels = mode_labels(x, assign, n_modes)
+    k = infer_n_modes(assign, labels, n_modes)
+    indicators = labels[:, None] == np.arange(k)
+    weights = w @ indicators
+    se = np.sqrt((w[:, None] ** 2 * (indicators - weights) ** 2).sum(0))
+    kish = float(1.0 / np.sum(w**2))
+    interior = (weights > 0) & (weights < 1) & (se > 0)
+    ess = np.full(k, kish)
+    ess[interior] = weights[interior] * (1 - weights[interior]) / se[interior] ** 2
+    lower, upper = _wilson(weights, ess, level)
+    return ModeWeights(
+        weights,
+        se,
+        lower,
+        upper,
+        ess,
+        "importance",
+        n,
+        level,
+        pareto_k=_arviz.pareto_khat(log_w[finite]),
+        weights_ess=kish,
+    )
+
+
+@dataclass(frozen=True)
+class ModeWeightComparison:
+    """Whether two mode-weight estimates agree within their standard errors.
+
+    Attributes:
+        methods: the two estimators' names.
+        difference: `a.weights - b.weights`, `(K,)`.
+        z: difference over `sqrt(se_a**2 + se_b**2)`, `(K,)`; 0 where both are exactly equal
+            with zero error, infinite where they differ with zero error.
+        threshold: the `|z|` beyond which a mode disagrees: a two-sided `1 - alpha` bound
+            Bonferroni-corrected over the K modes.
+        agree: no mode's `|z|` exceeds the threshold.
+        message: a sentence for humans, saying what a disagreement suggests.
+    """
+
+    methods: tuple[str, str]
+    difference: np.ndarray
+    z: np.ndarray
+    threshold: float
+    agree: bool
+    message: str
+
+    @property
+    def max_abs_z(self) -> float:
+        return float(np.max(np.abs(self.z)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "methods": list(self.methods),
+            "difference": self.difference.tolist(),
+            "z": self.z.tolist(),
+            "max_abs_z": self.max_abs_z,
+            "threshold": self.threshold,
+            "agree": self.agree,
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def compare_mode_weights(a: ModeWeights, b: ModeWeights, *, alpha: float = 0.05) -> ModeWeightComparison:
+    """Test whether two estimates of the same mode weights agree within their errors.
+
+    The two estimators should be independent (chain occupancy and importance sampling with the
+    flow): when they disagree, at least one is wrong, and that is itself the diagnostic. Chains
+    that never visit a mode, or never leave the mode they started in, have coordinate R-hat
+    near 1 and a precise-looking but wrong occupancy.
+
+    Args:
+        a, b: estimates over the same modes (same `assign`).
+        alpha: family-wise false-alarm rate when both are right.
+
+    Returns:
+        `ModeWeightComparison`.
+
+    Example:
+        >>> import numpy as np
+        >>> one = lambda w, se: ModeWeights(np.array(w), np.array(se), np.array(w),
+        ...                                 np.array(w), np.ones(2), "x", 100)
+        >>> compare_mode_weights(one([1.0, 0.0], [0, 0]), one([0.66, 0.34], [0.01, 0.01])).agree
+        False
+    """
+    if a.n_modes != b.n_modes:
+        raise ValueError(
+            f"estimates cover different numbers of modes: {a.n_modes} vs "
+            f"{b.n_modes}; compute both with the same assign."
+        )
+    diff = a.weights - b.weights
+    se = np.sqrt(a.se**2 + b.se**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, diff / se, np.where(diff == 0, 0.0, np.inf * np.sign(diff)))
+    threshold = NormalDist().inv_cdf(1 - alpha / (2 * a.n_modes))
+    agree = bool(np.all(np.abs(z) <= threshold))
+    worst = int(np.argmax(np.abs(z)))
+    names = (a.method, b.method)
+    if agree:
+        message = (
+            f"{names[0]} and {names[1]} mode weights agree (max |z| = "
+            f"{np.max(np.abs(z)):.2f} <= {threshold:.2f})."
+        )
+    else:
+        message = (
+            f"{names[0]} and {names[1]} mode weights DISAGREE beyond their errors: mode {worst} "
+            f"has {a.weights[worst]:.3f} vs {b.weights[worst]:.3f} (|z| = {abs(z[worst]):.1f} > "
+            f"{threshold:.2f}). Chains that never visit a mode, or never leave the one they "
+            f"started in, show coordinate R-hat near 1 yet weigh modes wrongly; a proposal that "
+            f"misses a mode misleads importance sampling (check its Pareto k-hat)."
+        )
+    for est in (a, b):
+        if est.pareto_k is not None and est.pareto_k > KHAT_THRESHOLD:
+            message += (
+                f" The {est.method} estimate is unreliable: Pareto k-hat "
+                f"{est.pareto_k:.2f} > {KHAT_THRESHOLD}."
+            )
+    return ModeWeightComparison(names, diff, z, threshold, agree, message)
+
+
+def _propose_and_weigh(
+    log_prob: Any, proposal: Any, n: int, batch_size: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    q = proposal if isinstance(proposal, torch.distributions.Distribution) else proposal()
+    if not isinstance(q, torch.distributions.Distribution):
+        raise ValueError(
+            "proposal must be a torch Distribution or a module returning one; "
+            f"received {type(proposal).__name__} returning {type(q).__name__}."
+        )
+    target = getattr(log_prob, "log_prob", log_prob)
+    xs, log_ws = [], []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        x = q.sample((m,))
+        log_q, log_p = q.log_prob(x), target(x)
+        for name, value in (("proposal.log_prob", log_q), ("log_prob", log_p)):
+            if value.shape != (m,):
+                raise ValueError(
+                    f"{name} must return one value per point, shape ({m},); received "
+                    f"{tuple(value.shape)}. For a factorized torch distribution wrap it in "
+                    f"Independent(..., 1)."
+                )
+        xs.append(x.reshape(m, -1).cpu())
+        log_ws.append((log_p.double() - log_q.double()).cpu())
+    return torch.cat(xs), torch.cat(log_ws).numpy()
+
+
+def _wilson(weights: np.ndarray, n_eff: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    denom = 1 + z**2 / n_eff
+    center = (weights + z**2 / (2 * n_eff)) / denom
+    half = z / denom * np.sqrt(weights * (1 - weights) / n_eff + z**2 / (4 * n_eff**2))
+    return np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
