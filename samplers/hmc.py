@@ -16,7 +16,7 @@ from ._checks import (
 )
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
-from .proposal import event_view, finite_rows, mh_accept, select
+from .proposal import event_view, mh_accept, select
 
 
 class HMC(StepSizeTuned):
@@ -71,10 +71,9 @@ class HMC(StepSizeTuned):
         kinetic0 = 0.5 * p0.flatten(1).square().sum(1)
         kinetic1 = 0.5 * p.flatten(1).square().sum(1)
         log_ratio = lp - kinetic1 - state.log_prob + kinetic0
-        valid = torch.isfinite(lp) & finite_rows(g) & finite_rows(x)
-        accepted, accept_prob = mh_accept(log_ratio, valid, generator)
+        accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
         new = select(accepted, State(x, lp, g, state.step_size), state)
-        return new, Info(accept_prob, accepted, state.step_size, (~valid).to(torch.int32))
+        return new, Info(accept_prob, accepted, state.step_size, invalid)
 
     def __repr__(self) -> str:
         return f"HMC(step_size={self.step_size}, n_leapfrog={self.n_leapfrog})"

@@ -16,7 +16,7 @@ from torch.distributions import Distribution
 
 from ._checks import check_initial, check_log_prob_fn, check_positions, check_positive_int, evaluate
 from .base import Info, Kernel, LogProb, State
-from .proposal import event_view, finite_rows, mh_accept
+from .proposal import event_view, mh_accept
 
 Proposal = Distribution | Callable[[], Distribution]
 
@@ -111,10 +111,9 @@ class IndependentMH(Kernel):
             log_q_x = resolve(self.proposal).log_prob(state.x)
         lp, _ = evaluate(self.log_prob, y, grad=False)
         log_ratio = lp - state.log_prob + log_q_x - log_q_y
-        valid = torch.isfinite(lp) & torch.isfinite(log_q_y) & finite_rows(y)
-        accepted, accept_prob = mh_accept(log_ratio, valid, generator)
+        accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
         new = _rescore(self.log_prob, state, y, lp, accepted)
-        return new, Info(accept_prob, accepted, None, (~valid).to(torch.int32))
+        return new, Info(accept_prob, accepted, None, invalid)
 
     def __repr__(self) -> str:
         return f"IndependentMH(proposal={type(self.proposal).__name__})"

@@ -16,7 +16,7 @@ from ._checks import (
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
 from .diffusions import langevin_log_density, langevin_proposal
-from .proposal import finite_rows, mh_accept, select
+from .proposal import mh_accept, select
 
 
 class MALA(StepSizeTuned):
@@ -60,10 +60,8 @@ class MALA(StepSizeTuned):
         lp, g = evaluate(self.log_prob, y, grad=True)
         log_ratio = (lp - state.log_prob + langevin_log_density(state.x, y, g, h)
                      - langevin_log_density(y, state.x, state.grad, h))
-        valid = torch.isfinite(lp) & finite_rows(g)
-        accepted, accept_prob = mh_accept(log_ratio, valid, generator)
-        new = select(accepted, State(y, lp, g, h), state)
-        return new, Info(accept_prob, accepted, h, (~valid).to(torch.int32))
+        accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
+        return select(accepted, State(y, lp, g, h), state), Info(accept_prob, accepted, h, invalid)
 
     def __repr__(self) -> str:
         return f"MALA(step_size={self.step_size}, target_accept={self.adaptation.target_accept})"

@@ -1,7 +1,8 @@
 """The one Metropolis–Hastings accept/reject path shared by every MH kernel.
 
 A NaN or infinite log-density (or gradient) at a proposal makes that proposal a rejection; it never
-crashes and is never accepted. Such rejections are counted in ``Info.invalid``.
+crashes and is never accepted. Such rejections are counted in ``Info.invalid``. (A proposal at
+log-density −inf, outside the support, is counted there too.)
 """
 
 from __future__ import annotations
@@ -22,25 +23,27 @@ def finite_rows(t: Tensor) -> Tensor:
     return torch.isfinite(t).flatten(1).all(1) if t.ndim > 1 else torch.isfinite(t)
 
 
-def mh_accept(
-    log_ratio: Tensor, valid: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
+def mh_accept(log_ratio: Tensor, generator: torch.Generator | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """Accept each chain's proposal with probability ``min(1, exp(log_ratio))``.
 
+    A non-finite ratio means the proposal (or its gradient, which enters the ratio of every
+    gradient-based kernel) was NaN or infinite: it is rejected and flagged. One ``isfinite`` on
+    ``(n,)`` covers them all, which keeps the hot path lean.
+
     Args:
-        log_ratio: log acceptance ratio ``(n,)``; NaN counts as a rejection.
-        valid: bool ``(n,)``; False forces a rejection (non-finite proposal).
+        log_ratio: log acceptance ratio ``(n,)``.
         generator: source of the uniform draws.
 
     Returns:
-        ``(accepted, accept_prob)``, both ``(n,)``.
+        ``(accepted, accept_prob, invalid)``, each ``(n,)``; ``invalid`` is int32 (0 or 1), the
+        count `Info.invalid` carries.
     """
-    log_ratio = torch.where(valid & ~torch.isnan(log_ratio), log_ratio, -torch.inf)
-    accept_prob = log_ratio.clamp(max=0.0).exp()
+    valid = torch.isfinite(log_ratio)
+    accept_prob = torch.where(valid, log_ratio.clamp(max=0.0).exp(), 0.0)
     u = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device,
                    dtype=log_ratio.dtype)
-    accepted = u < accept_prob
-    return accepted, accept_prob
+    return u < accept_prob, accept_prob, (~valid).to(torch.int32)
 
 
 def select(accepted: Tensor, new: State, old: State) -> State:
