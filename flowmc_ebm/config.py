@@ -1,0 +1,313 @@
+"""Dataclass configs for training runs, loadable from TOML and validated field by field.
+
+Three records: `ModelConfig` (the energy network and the flow), `TrainerConfig` (the knobs of
+`flowmc_ebm.trainer.JointTrainer`) and `RunConfig` (a whole run: target, sampler, length, and the
+two others as ``[model]`` and ``[trainer]`` tables). Every field is checked when a record is built,
+from Python or from TOML: an unknown key, a value of the wrong type or one out of range raises an
+error that names the field, what it expects and what it received.
+
+Example:
+    >>> config = RunConfig.from_dict({"sampler": "ula", "trainer": {"energy_l2": 0.1}})
+    >>> config.trainer.energy_l2, config.model.flow_transforms
+    (0.1, 4)
+    >>> RunConfig.from_dict({"trainer": {"pool_sise": 10}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown key trainer.pool_sise; known keys: pool_size, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["SAMPLERS", "TARGETS", "ModelConfig", "RunConfig", "TrainerConfig", "load_config"]
+
+#: Sampler names the trainer builds itself (it also takes any kernel factory from Python).
+SAMPLERS = ("flowmc", "ula", "mala", "nt")
+#: Target names of `flowmc_ebm.targets.get_target`, in their canonical spelling.
+TARGETS = ("two_modes", "four_modes", "eight_gaussians", "rings", "high_dim", "gaussian_mixture")
+
+
+def _spec(default: Any, *, low: float | None = None, high: float | None = None,
+          low_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    """A dataclass field carrying its allowed range, checked by `_validate`."""
+    kwargs = ({"default_factory": (lambda: default)} if isinstance(default, (list, dict))
+              else {"default": default})
+    return field(**kwargs, metadata={"low": low, "high": high, "low_open": low_open,
+                                     "choices": choices, "doc": doc})
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of ints"
+    return {bool: "a bool", int: "an int", float: "a number", str: "a string"}[hint]
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as the field's type, or a TypeError naming the field, expected and received."""
+    bad = TypeError(f"{name} must be {_type_name(hint)}; received {value!r} "
+                    f"({type(value).__name__})")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite; received {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise bad
+        return tuple(value)
+    raise TypeError(f"{name}: unsupported field type {hint!r}")  # pragma: no cover
+
+
+def _check_range(value: Any, meta: dict, name: str) -> None:
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}; received {value!r}")
+    items = value if isinstance(value, tuple) else (value,)
+    for v in items:
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (v <= low if meta.get("low_open") else v < low):
+            op = ">" if meta.get("low_open") else ">="
+            raise ValueError(f"{name} must be {op} {low}; received {value!r}")
+        if high is not None and v > high:
+            raise ValueError(f"{name} must be <= {high}; received {value!r}")
+
+
+def _validate(record: Any, section: str) -> None:
+    """Coerce and range-check every field of a config dataclass in place."""
+    hints = typing.get_type_hints(type(record))
+    for f in dataclasses.fields(record):
+        if f.name in _NESTED:
+            continue
+        name = f"{section}.{f.name}" if section else f.name
+        value = _coerce(getattr(record, f.name), hints[f.name], name)
+        _check_range(value, f.metadata, name)
+        object.__setattr__(record, f.name, value)
+
+
+def _from_dict(cls: type, data: Any, section: str) -> Any:
+    where = section or "the config"
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} must be a table (dict); received {type(data).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            name = f"{section}.{key}" if section else key
+            raise ValueError(f"unknown key {name}; known keys: {', '.join(known)}")
+    kwargs = dict(data)
+    for key, sub in _NESTED.items():
+        if key in kwargs and key in known:
+            kwargs[key] = _from_dict(sub, kwargs[key], key)
+    return cls(**kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """The energy network and the flow a run builds.
+
+    Attributes:
+        energy_hidden: hidden widths of the `MLPEnergy`.
+        flow_kind: ``"realnvp"``, ``"nsf"`` or ``"maf"`` (see `flowmc_ebm.flows.make_flow`).
+        flow_transforms: coupling layers of the flow.
+        flow_hidden: hidden widths of each coupling's conditioner.
+        base_scale: standard deviation of the flow's Gaussian base ``λ`` (the EBM's tilt).
+    """
+
+    energy_hidden: tuple[int, ...] = _spec((128, 128), low=1)
+    flow_kind: str = _spec("realnvp", choices=("realnvp", "nsf", "maf"))
+    flow_transforms: int = _spec(4, low=1)
+    flow_hidden: tuple[int, ...] = _spec((64, 64), low=1)
+    base_scale: float = _spec(1.0, low=0.0, low_open=True)
+
+    def __post_init__(self) -> None:
+        _validate(self, "model")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        return _from_dict(cls, data, "model")
+
+
+@dataclass
+class TrainerConfig:
+    """The knobs of `JointTrainer`; defaults are the paper's two-mode settings.
+
+    Attributes:
+        pool_size: persistent chains kept between iterations.
+        batch_size: data points per EBM step.
+        n_negatives: chains taken from the pool, advanced and used as negatives per iteration.
+        mcmc_steps: kernel steps per iteration; with ``"flowmc"`` a step is a local or a global
+            move, scheduled as cycles of ``n_local`` local then ``n_global`` global moves
+            (10 = 2 × (4 MALA + 1 i-SIR)).
+        n_local, n_global: flowMC's schedule within a cycle.
+        global_move: ``"isir"`` or ``"imh"``.
+        n_particles: i-SIR proposals per chain per global move.
+        step_size: Langevin step of MALA/ULA (and of latent MALA for NT-EBM); fixed, not adapted,
+            so every method spends the same budget on the same kernel.
+        lr_energy, lr_flow: Adam learning rates.
+        energy_l2: ``α`` of the regularizer ``α (mean E(x⁺)² + mean E(x⁻)²)``.
+        seed: seeds the trainer's generator (data order, pool, MCMC).
+        log_every: iterations between two conversions of the history to Python numbers.
+        eval_every: iterations between two quadrature estimates of the EBM's mode weights
+            (2-D and a known target only; 0 turns them off).
+    """
+
+    pool_size: int = _spec(1024, low=1)
+    batch_size: int = _spec(64, low=1)
+    n_negatives: int = _spec(64, low=1)
+    mcmc_steps: int = _spec(10, low=1)
+    n_local: int = _spec(4, low=0)
+    n_global: int = _spec(1, low=0)
+    global_move: str = _spec("isir", choices=("isir", "imh"))
+    n_particles: int = _spec(32, low=1)
+    step_size: float = _spec(0.01, low=0.0, low_open=True)
+    lr_energy: float = _spec(0.01, low=0.0, low_open=True)
+    lr_flow: float = _spec(0.01, low=0.0, low_open=True)
+    energy_l2: float = _spec(0.0, low=0.0)
+    seed: int = _spec(0, low=0)
+    log_every: int = _spec(50, low=1)
+    eval_every: int = _spec(50, low=0)
+
+    def __post_init__(self) -> None:
+        _validate(self, "trainer")
+        if self.n_negatives > self.pool_size:
+            raise ValueError(f"trainer.n_negatives ({self.n_negatives}) must be at most "
+                             f"trainer.pool_size ({self.pool_size})")
+        cycle = self.n_local + self.n_global
+        if cycle == 0:
+            raise ValueError("trainer.n_local + trainer.n_global must be at least 1; received 0")
+        if self.mcmc_steps % cycle:
+            raise ValueError(f"trainer.mcmc_steps ({self.mcmc_steps}) must be a multiple of "
+                             f"n_local + n_global ({cycle}) so flowMC runs whole cycles")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainerConfig:
+        return _from_dict(cls, data, "trainer")
+
+
+@dataclass
+class RunConfig:
+    """A whole training run, as ``flowmc-ebm train`` reads it from TOML.
+
+    Attributes:
+        target: a name of `flowmc_ebm.targets.get_target`.
+        sampler: ``"flowmc"``, ``"ula"``, ``"mala"`` or ``"nt"``.
+        n_data: training points drawn from the target.
+        data_seed: seed of those draws (kept apart from the trainer's seed, so methods compared
+            on one seed see the same data).
+        epochs: passes over the data; ignored when ``iterations`` > 0.
+        iterations: EBM steps; 0 means ``epochs × (n_data // batch_size)``.
+        checkpoint_every: iterations between two checkpoints.
+        model, trainer: the ``[model]`` and ``[trainer]`` tables.
+
+    Example:
+        >>> RunConfig(epochs=2).n_iterations
+        512
+    """
+
+    target: str = _spec("two_modes", choices=TARGETS)
+    sampler: str = _spec("flowmc", choices=SAMPLERS)
+    n_data: int = _spec(16384, low=1)
+    data_seed: int = _spec(0, low=0)
+    epochs: int = _spec(75, low=0)
+    iterations: int = _spec(0, low=0)
+    checkpoint_every: int = _spec(500, low=1)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self, "")
+        for key, cls in _NESTED.items():
+            if not isinstance(getattr(self, key), cls):
+                raise TypeError(f"{key} must be a {cls.__name__}; received "
+                                f"{type(getattr(self, key)).__name__}")
+        if self.n_iterations < 1:
+            raise ValueError("a run needs epochs >= 1 or iterations >= 1; received epochs="
+                             f"{self.epochs}, iterations={self.iterations}")
+        if self.n_data < self.trainer.batch_size:
+            raise ValueError(f"n_data ({self.n_data}) must be at least trainer.batch_size "
+                             f"({self.trainer.batch_size})")
+
+    @property
+    def n_iterations(self) -> int:
+        """EBM steps the run takes."""
+        if self.iterations > 0:
+            return self.iterations
+        return self.epochs * (self.n_data // self.trainer.batch_size)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        return _from_dict(cls, data, "")
+
+    def to_dict(self) -> dict:
+        """Plain types only (tuples as lists): the form TOML, JSON and checkpoints hold."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+        return plain(dataclasses.asdict(self))
+
+    def replace(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with dotted keys overridden, e.g. ``{"trainer.seed": 3, "epochs": 2}``."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            *parents, last = key.split(".")
+            node = data
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"unknown key {key}; tables are: {', '.join(_NESTED)}")
+                node = node[part]
+            node[last] = value
+        return RunConfig.from_dict(data)
+
+
+_NESTED: dict[str, type] = {"model": ModelConfig, "trainer": TrainerConfig}
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a `RunConfig` from a TOML file.
+
+    Args:
+        path: a ``.toml`` file with top-level `RunConfig` keys and optional ``[model]`` and
+            ``[trainer]`` tables.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not valid TOML, or a key is unknown or a value out of range (the message
+            names the file and the field).
+        TypeError: a value has the wrong type.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (UTF-8) TOML file") from None
+    try:
+        return RunConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{path}: {err}") from None
