@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml constraints-dev.txt
 demo: $(STAMP)
 	$(PY) -m flowmc_ebm.cli demo
 
+# The whole suite, slow statistical checks and the docstring examples included.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
-	$(PY) -m pytest -q -m slow -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules tests samplers flowmc_ebm
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow -p no:cacheprovider
+	$(PY) -m pytest -q -m slow -p no:cacheprovider tests
 
 bench: $(STAMP)
 	$(PY) bench/sampler_overhead.py --out bench/results
