@@ -31,7 +31,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SAMPLERS", "TARGETS", "ModelConfig", "RunConfig", "TrainerConfig", "load_config"]
+__all__ = ["SAMPLERS", "TARGETS", "ModelConfig", "RunConfig", "TrainerConfig", "load_config",
+           "parse_overrides"]
 
 #: Sampler names the trainer builds itself (it also takes any kernel factory from Python).
 SAMPLERS = ("flowmc", "ula", "mala", "nt")
@@ -311,3 +312,24 @@ def load_config(path: str | Path) -> RunConfig:
         return RunConfig.from_dict(data)
     except (TypeError, ValueError) as err:
         raise type(err)(f"{path}: {err}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Command-line overrides ``KEY=VALUE`` as a dict for `RunConfig.replace`.
+
+    Values are read as TOML; one that is not valid TOML (a bare word) is taken as a string.
+
+    Example:
+        >>> parse_overrides(["trainer.seed=3", "sampler=ula", "model.flow_hidden=[32, 32]"])
+        {'trainer.seed': 3, 'sampler': 'ula', 'model.flow_hidden': [32, 32]}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"an override must read KEY=VALUE; received {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value.strip()
+    return out

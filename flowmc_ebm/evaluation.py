@@ -1,0 +1,286 @@
+"""How much mass a trained 2-D EBM puts on each mode, and pictures of it.
+
+Two estimates of an EBM's mode weights: `quadrature_mode_weights` normalizes the model density on
+a grid and sums the mass of each mode's region (exact up to the grid and the box, no sampling
+noise); `sample_mode_weights` counts where the model's own MCMC samples fall (what a user of the
+sampler sees). `last_quarter_summary` turns a training history into the numbers the results
+report (weight over the last quarter of training, acceptance, R̂ of the persistent chains, which
+`ChainSnapshots` records). The figures are the two every run writes: density landscapes and the
+weight of one mode against the iteration.
+
+Example:
+    >>> from flowmc_ebm.targets import TwoModes
+    >>> target = TwoModes()
+    >>> w = quadrature_mode_weights(target.log_prob, target)
+    >>> round(w[target.top_right].item(), 3)
+    0.667
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ChainSnapshots", "grid", "landscape_figure", "last_quarter_summary", "max_rhat",
+           "quadrature_mode_weights", "sample_mode_weights", "weight_figure"]
+
+Bounds = tuple[tuple[float, float], tuple[float, float]]
+#: The box used for TwoModes and the other 2-D targets: their modes and the tilt's bulk fit inside.
+DEFAULT_BOUNDS: Bounds = ((-4.5, 4.5), (-4.5, 4.5))
+
+
+def grid(bounds: Bounds = DEFAULT_BOUNDS, n_grid: int = 128) -> tuple[Tensor, float]:
+    """Cell centers of a regular grid on a 2-D box.
+
+    Returns:
+        ``(points, cell_area)``: points ``(n_grid², 2)`` in row-major ``[iy, ix]`` order.
+    """
+    (x0, x1), (y0, y1) = bounds
+    xs = x0 + (torch.arange(n_grid, dtype=torch.float64) + 0.5) * (x1 - x0) / n_grid
+    ys = y0 + (torch.arange(n_grid, dtype=torch.float64) + 0.5) * (y1 - y0) / n_grid
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    area = (x1 - x0) * (y1 - y0) / n_grid**2
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), area
+
+
+def _log_density_on_grid(log_prob: Callable[[Tensor], Tensor], points: Tensor,
+                         device: torch.device | str | None = None) -> Tensor:
+    """``log_prob`` at float64 grid points, evaluated in float32 on ``device``, returned float64."""
+    with torch.no_grad():
+        return torch.cat([log_prob(chunk.to(device=device or "cpu", dtype=torch.float32))
+                          .double().cpu() for chunk in points.split(32768)])
+
+
+def quadrature_mode_weights(log_prob: Callable[[Tensor], Tensor], target,
+                            bounds: Bounds = DEFAULT_BOUNDS, n_grid: int = 128,
+                            device: torch.device | str | None = None) -> Tensor:
+    """Mode weights of a 2-D unnormalized density by quadrature on a grid.
+
+    The density is normalized on the grid; each cell's mass goes to the mode
+    ``target.assign`` gives its center. Mass outside ``bounds`` is ignored (for the tilted EBM
+    of TwoModes it is below 1e-4 unless the energy grows a far-away well).
+
+    Args:
+        log_prob: unnormalized log-density ``(n, 2) -> (n,)``, e.g. `JointTrainer.log_prob`.
+        target: anything with ``assign(x) -> mode index`` and ``n_modes``.
+        bounds: ``((xmin, xmax), (ymin, ymax))``.
+        n_grid: cells per axis.
+        device: where ``log_prob`` wants its input (default CPU).
+
+    Returns:
+        Weights ``(n_modes,)``, float64, summing to 1.
+    """
+    points, _ = grid(bounds, n_grid)
+    log_p = _log_density_on_grid(log_prob, points, device)
+    if not torch.isfinite(log_p).any():
+        raise ValueError("log_prob is not finite anywhere on the grid")
+    log_p = torch.nan_to_num(log_p, nan=-math.inf)
+    mass = torch.softmax(log_p, 0)
+    labels = target.assign(points.float()).cpu()
+    return torch.bincount(labels, weights=mass, minlength=target.n_modes)
+
+
+def sample_mode_weights(samples: Tensor, target) -> Tensor:
+    """Mode weights as the fraction of samples in each mode.
+
+    Args:
+        samples: points ``(n, dim)`` or chains ``(chains, draws, dim)``, pooled.
+        target: anything with ``assign`` and ``n_modes``.
+
+    Returns:
+        Weights ``(n_modes,)``, float64.
+
+    Example:
+        >>> from flowmc_ebm.targets import TwoModes
+        >>> sample_mode_weights(torch.tensor([[1.5, 1.5], [1.4, 1.6], [-1.5, -1.5]]), TwoModes())
+        tensor([0.3333, 0.6667], dtype=torch.float64)
+    """
+    x = samples.reshape(-1, samples.shape[-1])
+    counts = torch.bincount(target.assign(x).cpu(), minlength=target.n_modes)
+    return counts.double() / x.shape[0]
+
+
+class ChainSnapshots:
+    """A `JointTrainer` callback keeping the positions of the first ``n_chains`` persistent chains.
+
+    The trainer calls it every ``log_every`` iterations; the snapshots are the draws R̂ is
+    computed on.
+
+    Args:
+        n_chains: how many chains of the pool to follow.
+
+    Example:
+        >>> snapshots = ChainSnapshots(64)
+        >>> # trainer.fit(data, n_iterations=1000, callbacks=[snapshots])
+        >>> snapshots.chains().shape  # (chains, draws, dim); no draws yet
+        torch.Size([0, 0, 0])
+    """
+
+    def __init__(self, n_chains: int = 128) -> None:
+        self.n_chains = n_chains
+        self.iterations: list[int] = []
+        self.positions: list[Tensor] = []
+
+    def __call__(self, trainer) -> None:
+        self.iterations.append(trainer.iteration_)
+        self.positions.append(trainer.pool_[:self.n_chains].detach().cpu().clone())
+
+    def chains(self, since: int = 0) -> Tensor:
+        """Snapshots taken at iteration ``>= since``, as ``(chains, draws, dim)``."""
+        kept = [x for i, x in zip(self.iterations, self.positions, strict=True) if i >= since]
+        if not kept:
+            return torch.zeros(0, 0, 0)
+        return torch.stack(kept, 1)
+
+
+def max_rhat(chains: Tensor) -> float:
+    """Largest rank-normalized split R̂ over coordinates of chains ``(chains, draws, dim)``.
+
+    Uses `flowmc_ebm.diagnostics` when it is installed, ArviZ directly otherwise; NaN when there
+    are fewer than 4 draws.
+    """
+    if chains.ndim != 3 or chains.shape[0] < 2 or chains.shape[1] < 4:
+        return math.nan
+    x = chains.double().numpy()
+    try:
+        from flowmc_ebm.diagnostics import max_rhat as diagnostics_max_rhat
+    except ImportError:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz
+
+        values = arviz.rhat(arviz.convert_to_dataset({"x": x}), method="rank")["x"]
+        return float(np.nanmax(np.asarray(values)))
+    return diagnostics_max_rhat(x)
+
+
+def last_quarter_summary(history: dict[str, list], mode: int, truth: float,
+                         snapshots: ChainSnapshots | None = None) -> dict[str, float]:
+    """What a run says about one mode's weight over its last 25% of iterations.
+
+    Args:
+        history: `JointTrainer.fit`'s history, fitted with a target (2-D for the quadrature).
+        mode: the mode index whose weight is reported (e.g. ``TwoModes.top_right``).
+        truth: its true weight.
+        snapshots: the chains recorded during training, for R̂.
+
+    Returns:
+        ``weight_mean``, ``weight_sd`` (over the evaluations in the last quarter, quadrature of
+        the EBM), ``weight_error`` (mean − truth), ``neg_weight_mean`` (the persistent chains'
+        occupancy, i.e. the model's own samples), ``local_accept``, ``global_accept``, ``rhat``
+        (of the followed chains over the last quarter) and ``iterations``.
+    """
+    last = history["iteration"][-1]
+    since = last - last // 4
+    out: dict[str, float] = {"iterations": float(last)}
+    if history.get("ebm_mode_weights"):
+        w = torch.tensor([ws[mode] for i, ws in zip(history["eval_iteration"],
+                                                     history["ebm_mode_weights"], strict=True)
+                          if i > since], dtype=torch.float64)
+        out["weight_mean"] = float(w.mean()) if w.numel() else math.nan
+        out["weight_sd"] = float(w.std()) if w.numel() > 1 else math.nan
+        out["weight_error"] = out["weight_mean"] - truth
+    recent = [i for i, it in enumerate(history["iteration"]) if it > since]
+
+    def mean_of(key: str, index: int | None = None) -> float:
+        values = [history[key][i] if index is None else history[key][i][index] for i in recent]
+        t = torch.tensor(values, dtype=torch.float64)
+        return float(t.nanmean()) if t.numel() else math.nan
+
+    if "neg_mode_weights" in history:
+        out["neg_weight_mean"] = mean_of("neg_mode_weights", mode)
+    out["local_accept"] = mean_of("local_accept")
+    out["global_accept"] = mean_of("global_accept")
+    out["rhat"] = max_rhat(snapshots.chains(since)) if snapshots is not None else math.nan
+    return out
+
+
+def landscape_figure(panels: Sequence[tuple[str, Callable[[Tensor], Tensor]]], path: str | Path,
+                     data: Tensor | None = None, bounds: Bounds = DEFAULT_BOUNDS,
+                     n_grid: int = 128, points: Sequence[Tensor | None] | None = None,
+                     device: torch.device | str | None = None) -> Path:
+    """Side-by-side log-density maps of 2-D models, normalized on the grid, saved as an image.
+
+    Args:
+        panels: ``(title, log_prob)`` pairs, one panel each.
+        path: image file to write.
+        data: optional data ``(n, 2)``, a few hundred of them drawn over each panel.
+        bounds, n_grid: the grid.
+        points: optional per-panel samples ``(m, 2)`` (e.g. the persistent chains), or None.
+        device: where the ``log_prob`` functions want their input (default CPU).
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    pts, area = grid(bounds, n_grid)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    (x0, x1), (y0, y1) = bounds
+    for i, (ax, (title, log_prob)) in enumerate(zip(axes[0], panels, strict=True)):
+        log_p = _log_density_on_grid(log_prob, pts, device)
+        log_density = torch.log_softmax(torch.nan_to_num(log_p, nan=-math.inf), 0) - math.log(area)
+        # Log scale, clipped 10 nats below the peak: a sharp spike would black out a linear map.
+        top = float(log_density.max())
+        ax.imshow(log_density.reshape(n_grid, n_grid).clamp_min(top - 10).numpy(), origin="lower",
+                  extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal", vmin=top - 10, vmax=top)
+        if data is not None:
+            shown = data[:300].detach().cpu().numpy()
+            ax.scatter(shown[:, 0], shown[:, 1], s=2, c="white", alpha=0.5, label="data")
+        extra = points[i] if points is not None else None
+        if extra is not None:
+            shown = extra[:300].detach().cpu().numpy()
+            ax.scatter(shown[:, 0], shown[:, 1], s=2, c="tab:red", alpha=0.6, label="chains")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def weight_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], truth: float,
+                  path: str | Path, ylabel: str = "EBM weight of the top-right mode",
+                  xlabel: str = "iteration") -> Path:
+    """One mode's weight against the iteration, one line per run, the true weight dashed.
+
+    Args:
+        curves: ``(label, iterations, weights)`` triples.
+        truth: the true weight.
+        path: image file to write.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, iterations, weights in curves:
+        ax.plot(np.asarray(iterations), np.asarray(weights, dtype=float), label=label, lw=1.2)
+    ax.axhline(truth, color="black", ls="--", lw=1, label=f"truth {truth:.3f}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
