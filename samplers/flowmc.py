@@ -22,6 +22,7 @@ class FlowMCWarmup:
     filled: int  # how many slots of the ring buffer hold positions
     count: int  # warm-up steps seen
     optimizer: torch.optim.Optimizer | None
+    losses: list[Tensor]  # the flow's training loss per optimizer step, kept on device
 
 
 class FlowMC(Kernel):
@@ -33,6 +34,9 @@ class FlowMC(Kernel):
     the local step sizes are tuned and the flow is trained by maximum likelihood on a replay window
     of the chains' recent positions; after warm-up both are frozen, so production draws come from
     a fixed Markov kernel that leaves the target invariant.
+
+    After warm-up, ``kernel.flow_losses`` holds the flow's negative log-likelihood on the replay
+    window at each optimizer step (CPU tensor), to check that the flow learned.
 
     One `step` is one cycle. Its `Info` reports the global move (``accept_prob``, ``accepted``) and,
     in ``extras``, ``local_accept_prob`` and ``global_accept_prob`` (and ``isir_ess`` for i-SIR).
@@ -92,6 +96,7 @@ class FlowMC(Kernel):
         self.train = train
         self.flow_lr, self.train_steps = flow_lr, train_steps
         self.batch_size, self.replay_steps = batch_size, replay_steps
+        self.flow_losses: Tensor | None = None
 
     def init(self, x: Tensor) -> State:
         return self.local.init(x)
@@ -123,7 +128,7 @@ class FlowMC(Kernel):
         optimizer = (torch.optim.Adam(self.flow.parameters(), lr=self.flow_lr) if self.train
                      else None)
         replay = (state.x.new_empty((self.replay_steps, *state.x.shape)) if self.train else None)
-        return FlowMCWarmup(self.local.warmup_init(state), replay, 0, 0, optimizer)
+        return FlowMCWarmup(self.local.warmup_init(state), replay, 0, 0, optimizer, [])
 
     def warmup_update(self, wstate: FlowMCWarmup, state: State, info: Info,
                       generator: torch.Generator | None = None) -> tuple[FlowMCWarmup, State]:
@@ -136,7 +141,7 @@ class FlowMC(Kernel):
             wstate.replay[wstate.count % self.replay_steps] = state.x
             wstate.filled = min(wstate.filled + 1, self.replay_steps)
             for _ in range(self.train_steps):
-                self.fit_step(wstate, state, generator)
+                wstate.losses.append(self.fit_step(wstate, state, generator))
         wstate.count += 1
         return wstate, state
 
@@ -159,6 +164,8 @@ class FlowMC(Kernel):
         return loss.detach()
 
     def warmup_final(self, wstate: FlowMCWarmup, state: State) -> State:
+        if wstate.losses:
+            self.flow_losses = torch.stack(wstate.losses).cpu()
         return self.local.warmup_final(wstate.local, state)
 
     def __repr__(self) -> str:

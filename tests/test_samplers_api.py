@@ -1,6 +1,8 @@
 """The samplers' public boundary: clear errors on bad input, NaN-safe moves, reproducibility,
 traces that round-trip through .npz and ArviZ."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,22 @@ def test_latent_sampling_reports_target_space_positions():
     torch.testing.assert_close(state.log_prob, std_normal(state.x))
     state, _ = kernel.step(state)
     torch.testing.assert_close(state.log_prob, std_normal(state.x), atol=1e-4, rtol=1e-4)
+
+
+def test_flowmc_records_the_flow_training_loss_and_freezes_the_flow_after_warmup():
+    import zuko
+
+    torch.manual_seed(0)
+    flow = zuko.flows.RealNVP(2, transforms=2)
+    kernel = samplers.FlowMC(lambda x: -0.5 * (x - 3).pow(2).sum(1), flow, n_local=1, flow_lr=1e-2,
+                             batch_size=256)
+    g = torch.Generator().manual_seed(0)
+    samplers.sample(kernel, torch.randn(64, 2), 5, warmup=100, progress=False, generator=g)
+    losses = kernel.flow_losses
+    assert losses.shape == (100,)
+    # The flow learns the chains' law N(3, I): its NLL falls to near that law's entropy, log(2πe).
+    assert losses[-10:].mean() < losses[:10].mean() - 0.5
+    assert abs(losses[-10:].mean() - math.log(2 * math.pi * math.e)) < 0.3
+    frozen = [p.detach().clone() for p in flow.parameters()]
+    samplers.sample(kernel, torch.randn(64, 2) + 3, 20, progress=False, generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, flow.parameters(), strict=True))
