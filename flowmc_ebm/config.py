@@ -197,12 +197,16 @@ class TrainerConfig:
         if self.n_negatives > self.pool_size:
             raise ValueError(f"trainer.n_negatives ({self.n_negatives}) must be at most "
                              f"trainer.pool_size ({self.pool_size})")
-        cycle = self.n_local + self.n_global
-        if cycle == 0:
+        if self.n_local + self.n_global == 0:
             raise ValueError("trainer.n_local + trainer.n_global must be at least 1; received 0")
+
+    def flowmc_cycles(self) -> int:
+        """flowMC cycles per iteration: ``mcmc_steps / (n_local + n_global)``, a whole number."""
+        cycle = self.n_local + self.n_global
         if self.mcmc_steps % cycle:
             raise ValueError(f"trainer.mcmc_steps ({self.mcmc_steps}) must be a multiple of "
                              f"n_local + n_global ({cycle}) so flowMC runs whole cycles")
+        return self.mcmc_steps // cycle
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainerConfig:
@@ -248,6 +252,8 @@ class RunConfig:
         if self.n_iterations < 1:
             raise ValueError("a run needs epochs >= 1 or iterations >= 1; received epochs="
                              f"{self.epochs}, iterations={self.iterations}")
+        if self.sampler == "flowmc":
+            self.trainer.flowmc_cycles()
         if self.n_data < self.trainer.batch_size:
             raise ValueError(f"n_data ({self.n_data}) must be at least trainer.batch_size "
                              f"({self.trainer.batch_size})")

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -147,18 +148,19 @@ def max_rhat(chains: Tensor) -> float:
     if chains.ndim != 3 or chains.shape[0] < 2 or chains.shape[1] < 4:
         return math.nan
     x = chains.double().numpy()
-    try:
-        from flowmc_ebm.diagnostics import max_rhat as diagnostics_max_rhat
-    except ImportError:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+    with warnings.catch_warnings():
+        # ArviZ warns when there are more chains than draws, our usual layout (many short chains);
+        # split R-hat is well defined there.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            from flowmc_ebm.diagnostics import max_rhat as diagnostics_max_rhat
+        except ImportError:
             import arviz
 
-        values = arviz.rhat(arviz.convert_to_dataset({"x": x}), method="rank")["x"]
-        return float(np.nanmax(np.asarray(values)))
-    return diagnostics_max_rhat(x)
+            values = arviz.rhat(arviz.convert_to_dataset({"x": x}), method="rank")["x"]
+            return float(np.nanmax(np.asarray(values)))
+        return diagnostics_max_rhat(x)
 
 
 def last_quarter_summary(history: dict[str, list], mode: int, truth: float,

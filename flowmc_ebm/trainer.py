@@ -186,7 +186,7 @@ class JointTrainer:
             kernel = samplers.FlowMC(log_prob, self.flow, local=samplers.MALA(log_prob, c.step_size),
                                      n_local=c.n_local, global_move=c.global_move,
                                      n_global=c.n_global, n_particles=c.n_particles, train=False)
-            return kernel, c.mcmc_steps // (c.n_local + c.n_global)
+            return kernel, c.flowmc_cycles()
         if sampler == "ula":
             return samplers.ULA(log_prob, c.step_size), c.mcmc_steps
         if sampler == "mala":

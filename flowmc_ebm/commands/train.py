@@ -1,0 +1,214 @@
+"""``flowmc-ebm train``: train an EBM on a known target and write checkpoints, history and figures.
+
+Output directory layout::
+
+    OUT/config.json          the resolved RunConfig
+    OUT/checkpoints/last.pt  the trainer, rewritten atomically every checkpoint_every iterations
+    OUT/history.json         per-iteration losses, acceptance, mode weights (NaN as null)
+    OUT/summary.json         the last-quarter numbers (weight, error, acceptance, R̂, wall time)
+    OUT/landscape.png        the target's and the EBM's densities, with the persistent chains
+    OUT/weights.png          the EBM's weight of one mode against the iteration
+
+A directory that already holds a run is never written over: ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowmc_ebm.config import SAMPLERS, TARGETS, RunConfig, load_config, parse_overrides
+from flowmc_ebm.evaluation import (
+    ChainSnapshots,
+    landscape_figure,
+    last_quarter_summary,
+    weight_figure,
+)
+from flowmc_ebm.targets import get_target
+from flowmc_ebm.trainer import JointTrainer
+
+HELP = "train an EBM (flowMC-EBM, ULA-PCD, MALA-PCD or NT-EBM) on a known target"
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a TOML RunConfig; flags below override it")
+    parser.add_argument("--target", choices=TARGETS, help="target (config key: target)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="sampler (config key: sampler)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the data (config key: epochs)")
+    length.add_argument("--iterations", type=int, help="EBM steps (config key: iterations)")
+    parser.add_argument("--seed", type=int, help="trainer and data seed (trainer.seed, data_seed)")
+    parser.add_argument("--alpha", type=float, help="energy L2 weight α (trainer.energy_l2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config field, dotted, TOML value: --set trainer.lr_flow=0.001")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --out (its config; the length may change)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig the flags describe: defaults, then ``--config``, then the flags."""
+    config = load_config(args.config) if args.config is not None else RunConfig()
+    overrides: dict[str, Any] = {}
+    for flag, key in [("target", "target"), ("sampler", "sampler"), ("epochs", "epochs"),
+                      ("alpha", "trainer.energy_l2")]:
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.iterations is not None:
+        overrides["iterations"] = args.iterations
+    if args.epochs is not None:
+        overrides["iterations"] = 0
+    if args.seed is not None:
+        overrides["trainer.seed"] = args.seed
+        overrides["data_seed"] = args.seed
+    overrides.update(parse_overrides(args.set))
+    return config.replace(overrides) if overrides else config
+
+
+def make_data(config: RunConfig) -> tuple[Any, torch.Tensor]:
+    """The target and ``n_data`` exact draws from it (seeded by ``data_seed``)."""
+    target = get_target(config.target)
+    generator = torch.Generator().manual_seed(config.data_seed)
+    return target, target.sample(config.n_data, generator=generator)
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN and inf as null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(_json_ready(value), indent=1) + "\n", encoding="utf-8")
+
+
+def focus_mode(target: Any) -> int:
+    """The mode whose weight runs report: TwoModes' top-right one, else the heaviest."""
+    return int(getattr(target, "top_right", int(torch.argmax(target.weights))))
+
+
+def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = False,
+              progress: bool = True, snapshot_chains: int = 128,
+              callbacks: tuple[Callable, ...] = ()) -> tuple[JointTrainer, dict[str, Any]]:
+    """One training run from a config, end to end, with its summary (and files under ``out``).
+
+    Args:
+        config: the run.
+        out: output directory (see the module docstring), or None to write nothing.
+        resume: continue the run saved in ``out`` up to ``config.n_iterations``.
+        progress: progress bar.
+        snapshot_chains: persistent chains followed for R̂.
+        callbacks: more `JointTrainer` callbacks.
+
+    Returns:
+        ``(trainer, summary)``; the summary holds `last_quarter_summary`'s numbers, the true
+        weight, the wall time and the config.
+
+    Raises:
+        ValueError: ``out`` already holds a run and ``resume`` is False, or ``resume`` is True
+            and there is no run to continue (nothing is written in either case).
+    """
+    checkpoint = out / CHECKPOINT if out is not None else None
+    if out is not None and not resume and checkpoint.exists():
+        raise ValueError(f"{out} already holds a run ({checkpoint}); pass --resume to continue "
+                         "it or choose another --out")
+    if resume and (checkpoint is None or not checkpoint.exists()):
+        raise ValueError(f"nothing to resume: {checkpoint} does not exist")
+    target, data = make_data(config)
+    if resume:
+        trainer = JointTrainer.load(checkpoint)
+    else:
+        trainer = JointTrainer.from_config(target.dim, config.sampler, config.model,
+                                           config.trainer)
+    remaining = config.n_iterations - trainer.iteration_
+    snapshots = ChainSnapshots(snapshot_chains)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config.to_dict())
+    start = time.perf_counter()
+    if remaining > 0:
+        trainer.fit(data, n_iterations=remaining, target=target,
+                    callbacks=(snapshots, *callbacks),
+                    checkpoint_dir=None if out is None else out / CHECKPOINT.parent,
+                    checkpoint_every=config.checkpoint_every, progress=progress)
+    wall = time.perf_counter() - start
+    mode = focus_mode(target)
+    truth = float(target.weights[mode])
+    summary = {"sampler": config.sampler, "target": config.target, "mode": mode, "truth": truth,
+               **last_quarter_summary(trainer.history_, mode, truth, snapshots),
+               "wall_time": wall, "config": config.to_dict()}
+    if out is not None:
+        write_json(out / "history.json", trainer.history_)
+        write_json(out / "summary.json", summary)
+        if target.dim == 2:
+            write_figures(trainer, target, data, out, config.sampler)
+    return trainer, summary
+
+
+def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: Path,
+                  label: str) -> None:
+    """``landscape.png`` and ``weights.png`` of one 2-D run."""
+    mode = focus_mode(target)
+    landscape_figure([("target", target.log_prob), (f"{label}-EBM", trainer.log_prob)],
+                     out / "landscape.png", data=data, points=[None, trainer.pool_],
+                     device=trainer.device)
+    h = trainer.history_
+    if h.get("ebm_mode_weights"):
+        weights = [w[mode] for w in h["ebm_mode_weights"]]
+        weight_figure([(f"{label}-EBM (quadrature)", h["eval_iteration"], weights)],
+                      float(target.weights[mode]), out / "weights.png")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line: weight mean ± sd, error, acceptance, R̂, wall time."""
+    def f(key: str, spec: str) -> str:
+        value = summary.get(key, math.nan)
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+            else format(value, spec)
+    return (f"weight {f('weight_mean', '.3f')} ± {f('weight_sd', '.3f')} (truth "
+            f"{summary['truth']:.3f}, error {f('weight_error', '+.3f')}); chains "
+            f"{f('neg_weight_mean', '.3f')}; acceptance local {f('local_accept', '.2f')}, "
+            f"global {f('global_accept', '.2f')}; R-hat {f('rhat', '.3f')}; "
+            f"{summary['wall_time']:.0f} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        saved = args.out / "config.json"
+        if args.config is not None or args.set or any(
+                getattr(args, k) is not None for k in ("target", "sampler", "seed", "alpha")):
+            raise ValueError("--resume continues the run in --out with its saved config; only "
+                             "--epochs or --iterations may change")
+        if not saved.exists():
+            raise ValueError(f"nothing to resume: {saved} does not exist")
+        config = RunConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+        length = {}
+        if args.iterations is not None:
+            length = {"iterations": args.iterations}
+        elif args.epochs is not None:
+            length = {"epochs": args.epochs, "iterations": 0}
+        config = config.replace(length) if length else config
+    else:
+        config = config_from_args(args)
+    print(f"training {config.sampler}-EBM on {config.target}: {config.n_iterations} iterations "
+          f"-> {args.out}", file=sys.stderr)
+    _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress)
+    print(f"{config.sampler}-EBM: {format_summary(summary)}")
+    return 0
