@@ -21,6 +21,13 @@ from flowmc_ebm.ebflow import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Runs after conftest's two-thread setting. These tensors are tiny: a second thread buys
+    # nothing, and on a busy two-core machine its spinning made the tests 10-20x slower.
+    torch.set_num_threads(1)
+
+
 def _perturbed(model: EBFlow, seed: int, scale: float = 0.3) -> EBFlow:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

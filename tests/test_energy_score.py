@@ -16,6 +16,13 @@ from torch.distributions import MultivariateNormal, Normal
 from flowmc_ebm.flows import make_flow
 from flowmc_ebm.objectives.energy_score import energy_distance, energy_score, energy_score_loss
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Runs after conftest's two-thread setting. These tensors are tiny: a second thread buys
+    # nothing, and on a busy two-core machine its spinning made the tests 10-20x slower.
+    torch.set_num_threads(1)
+
 Z_MAX = 4.5  # a |z| beyond it has probability < 1e-5 per check when the claim holds
 N = 20_000
 

@@ -23,6 +23,13 @@ from flowmc_ebm.objectives.score_matching import (
     sliced_score_matching,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Runs after conftest's two-thread setting. These tensors are tiny: a second thread buys
+    # nothing, and on a busy two-core machine its spinning made the tests 10-20x slower.
+    torch.set_num_threads(1)
+
 DIM = 3
 # |z| above this for any of a handful of checks has probability < 1e-4 if the claim holds.
 Z_MAX = 4.5
