@@ -1,0 +1,318 @@
+"""Sampling benchmark against peers at an equal budget of target-gradient evaluations (issue #5).
+
+Targets: ``TwoModes`` (2-D, weights 1:2) and ``HighDimMixture(d, weights=(0.1, 0.2, 0.3, 0.4))``,
+four unit-covariance Gaussians at ``±a(1, ..., 1)`` and ``±a s`` (``s`` flips the first half of
+the signs) with ``a = 0.591 sqrt(2 log d)``, the mixture of Grenioux et al. (2023).
+
+Methods: our FlowMC (the method under test) and MALA, numpyro's NUTS, flowMC (the JAX package)
+and torchebm's Langevin sampler, each given the same budget of target-gradient evaluations per
+chain (warm-up included; see each adapter in ``bench/peers`` for how it is counted) and started
+from the same points, drawn from a broad Gaussian ``N(0, 2² I)`` as a user who does not know the
+modes would. All run in this process, one after the other, torch and JAX on one thread each.
+
+Figures, all from ``flowmc_ebm.diagnostics`` (ArviZ underneath): the largest absolute error of the
+mode weights estimated by chain occupancy (``target.assign``), the ESS of the mode indicators
+(smallest over modes) and of the coordinates (smallest bulk ESS) per second of wall-clock (warm-up,
+flow training and JIT compilation included), and the largest rank-normalized split R-hat. Each
+peer's figures are also given as ratios to our FlowMC's.
+
+Run from the repository root (``bench`` is imported as a package)::
+
+    .venv-bench/bin/python -m bench.sampling_peers --quick   # < 5 min on 2 cores
+    .venv-bench/bin/python -m bench.sampling_peers           # d = 16, 32, 64; longer
+
+Writes ``sampling_peers_{quick,full}.json`` and ``.md`` (the tables) into ``--out``. Peers whose
+packages are missing are skipped with the reason; a peer that fails is recorded with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.peers import flowmc_jax, numpyro_nuts, ours, torchebm_langevin
+from bench.peers.base import Problem, Run
+from flowmc_ebm.diagnostics import mixing, mode_hopping, mode_weights
+from flowmc_ebm.targets import GaussianMixture, HighDimMixture, TwoModes
+
+WEIGHTS = (0.1, 0.2, 0.3, 0.4)
+START_SCALE = 2.0
+OURS = "FlowMC (ours)"
+PACKAGES = ("torch", "zuko", "numpy", "arviz", "jax", "jaxlib", "numpyro", "flowMC", "equinox",
+            "optax", "torchebm")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A benchmark size: which targets, how many chains, what budget."""
+
+    name: str
+    dims: tuple[int, ...]
+    chains: int
+    budget: int
+
+
+QUICK = Mode("quick", (16,), 64, 1500)
+FULL = Mode("full", (16, 32, 64), 128, 6000)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the tables: its label, why it cannot run (None if it can), how to run it."""
+
+    label: str
+    unavailable: Callable[[], str | None]
+    run: Callable[[Problem, dict[str, Run]], Run]
+
+
+def _always() -> None:
+    return None
+
+
+def _langevin(problem: Problem, done: dict[str, Run]) -> Run:
+    if "MALA (ours)" not in done:
+        raise RuntimeError("torchebm's Langevin takes our MALA's tuned step size: run MALA first")
+    return torchebm_langevin.run_langevin(problem, done["MALA (ours)"].config["median_step_size"])
+
+
+METHODS = (
+    Method(OURS, _always, lambda p, done: ours.run_flowmc(p)),
+    Method("FlowMC (ours, strict)", _always,
+           lambda p, done: ours.run_flowmc(p, ours.FlowMCConfig(strict=True))),
+    Method("MALA (ours)", _always, lambda p, done: ours.run_mala(p)),
+    Method("NUTS (numpyro)", numpyro_nuts.unavailable, lambda p, done: numpyro_nuts.run_nuts(p)),
+    Method("flowMC (JAX)", flowmc_jax.unavailable, lambda p, done: flowmc_jax.run_flowmc_jax(p)),
+    Method("ULA (torchebm)", torchebm_langevin.unavailable, _langevin),
+)
+
+
+def make_problems(mode: Mode, seed: int = 0) -> list[Problem]:
+    """TwoModes, then the 4-mode mixture in each of ``mode.dims``; starts ``N(0, 2² I)``."""
+    targets: list[tuple[str, GaussianMixture]] = [("two_modes", TwoModes())]
+    targets += [(f"mixture_d{d}", HighDimMixture(d, weights=WEIGHTS)) for d in mode.dims]
+    problems = []
+    for name, target in targets:
+        generator = torch.Generator().manual_seed(seed)
+        x0 = START_SCALE * torch.randn(mode.chains, target.dim, generator=generator)
+        problems.append(Problem(name, target, x0, mode.budget, seed=seed))
+    return problems
+
+
+def score(run: Run, target: GaussianMixture) -> dict[str, Any]:
+    """The benchmark's figures for one run (JSON-ready)."""
+    samples = torch.as_tensor(np.ascontiguousarray(run.samples), dtype=torch.float32)
+    labels = target.assign(samples)  # (chains, draws)
+    k = target.n_modes
+    weights = mode_weights(samples, labels, n_modes=k)
+    hops = mode_hopping(samples, labels, n_modes=k, warn=False)
+    mix = mixing(samples)
+    # A mode no draw visits has a constant indicator, whose ArviZ ESS is the number of draws:
+    # meaningless, so none is reported.
+    visited = bool(np.all(weights.weights > 0))
+    ess_mode = float(np.min(weights.ess)) if visited else math.nan
+    ess_coord = mix.min_ess_bulk
+    return {
+        "method": run.method,
+        "chains": int(samples.shape[0]),
+        "draws": int(samples.shape[1]),
+        "grad_evals_per_chain": float(run.grad_evals),
+        "gradient_free_evals_per_chain": float(run.logprob_evals),
+        "wall_s": run.wall_s,
+        "sample_s": run.sample_s,
+        "mode_weights": weights.weights.tolist(),
+        "true_weights": target.weights.tolist(),
+        "mode_weight_error": float(np.max(np.abs(weights.weights - target.weights.numpy()))),
+        "mode_weight_se": float(np.max(weights.se)),
+        "all_modes_visited": visited,
+        "ess_mode": ess_mode,
+        "ess_mode_per_s": ess_mode / run.wall_s,
+        "ess_coord": ess_coord,
+        "ess_coord_per_s": ess_coord / run.wall_s,
+        "max_rhat": mix.max_rhat,
+        "mode_indicator_max_rhat": hops.max_rhat,
+        "chains_that_changed_mode": float(1.0 - hops.stuck_chains.mean()),
+        "config": run.config,
+        "notes": run.notes,
+    }
+
+
+RATIO_KEYS = ("mode_weight_error", "ess_mode_per_s", "ess_coord_per_s", "wall_s")
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's figures over our FlowMC's (peer / ours), in place."""
+    base = next((r for r in rows if r["method"] == OURS), None)
+    for row in rows:
+        if base is None:
+            row["ratio_to_ours"] = None
+            continue
+        row["ratio_to_ours"] = {key: _divide(row[key], base[key]) for key in RATIO_KEYS}
+
+
+def _divide(a: float, b: float) -> float:
+    if b == 0:
+        return math.inf if a > 0 else math.nan
+    return a / b
+
+
+def run_problem(problem: Problem, methods=METHODS, log: Callable[[str], None] = print
+                ) -> dict[str, Any]:
+    """Every available method on ``problem``: scored rows, skipped methods, failures."""
+    done: dict[str, Run] = {}
+    rows, skipped, failed = [], [], []
+    for method in methods:
+        reason = method.unavailable()
+        if reason is not None:
+            log(f"  {method.label}: SKIPPED ({reason})")
+            skipped.append({"method": method.label, "reason": reason})
+            continue
+        try:
+            run = method.run(problem, done)
+        except Exception as error:  # a peer's failure is a result to report, not a crash
+            message = f"{type(error).__name__}: {error}"
+            log(f"  {method.label}: FAILED ({message})")
+            failed.append({"method": method.label, "error": message,
+                           "traceback": traceback.format_exc(limit=-3)})
+            continue
+        done[run.method] = run
+        rows.append(score(run, problem.target))
+        r = rows[-1]
+        log(f"  {run.method}: error {r['mode_weight_error']:.4f}, ESS/s mode "
+            f"{r['ess_mode_per_s']:.3g}, coords {r['ess_coord_per_s']:.3g}, R-hat "
+            f"{r['max_rhat']:.3f}, {r['wall_s']:.1f} s, {r['grad_evals_per_chain']:.0f} grads")
+    add_ratios(rows)
+    return {"problem": problem.name, "target": repr(problem.target), "dim": problem.dim,
+            "chains": problem.chains, "budget_grad_evals_per_chain": problem.budget,
+            "warmup_fraction": problem.warmup_fraction, "seed": problem.seed,
+            "start": f"N(0, {START_SCALE:g}^2 I), the same draws for every method",
+            "rows": rows, "skipped": skipped, "failed": failed}
+
+
+def targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The project's stated targets, checked per problem where the rows exist."""
+    out = {}
+    for res in results:
+        rows = {r["method"]: r for r in res["rows"]}
+        ours_row = rows.get(OURS)
+        if ours_row is None:
+            continue
+        check: dict[str, Any] = {}
+        for peer in ("MALA (ours)", "NUTS (numpyro)"):
+            if peer in rows:
+                ratio = _divide(rows[peer]["mode_weight_error"], ours_row["mode_weight_error"])
+                check[f"error_5x_smaller_than_{peer}"] = {"ratio": ratio, "met": ratio >= 5}
+        if "flowMC (JAX)" in rows:
+            ratio = _divide(ours_row["ess_mode_per_s"], rows["flowMC (JAX)"]["ess_mode_per_s"])
+            check["ess_mode_per_s_at_least_flowMC_JAX"] = {"ratio": ratio, "met": ratio >= 1}
+        out[res["problem"]] = check
+    return out
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec)
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One table per problem: absolute figures, then ratios to our FlowMC."""
+    lines = []
+    for res in results:
+        lines += [f"### {res['problem']}: {res['target']}", "",
+                  f"{res['chains']} chains, budget {res['budget_grad_evals_per_chain']} gradient "
+                  f"evaluations per chain, start {res['start']}.", "",
+                  "| method | grad evals | grad-free evals | wall s | weight error (± se) | "
+                  "ESS mode | ESS/s mode | ESS/s coords | max R̂ | chains that hopped | "
+                  "error ÷ ours | ESS/s mode ÷ ours | ESS/s coords ÷ ours | wall ÷ ours |",
+                  "|---" * 14 + "|"]
+        for r in res["rows"]:
+            ratio = r["ratio_to_ours"] or {}
+            lines.append(
+                f"| {r['method']} | {r['grad_evals_per_chain']:.0f} | "
+                f"{r['gradient_free_evals_per_chain']:.0f} | {r['wall_s']:.1f} | "
+                f"{r['mode_weight_error']:.4f} (± {r['mode_weight_se']:.4f}) | "
+                f"{_fmt(r['ess_mode'], '.0f')} | {_fmt(r['ess_mode_per_s'])} | "
+                f"{_fmt(r['ess_coord_per_s'])} | {_fmt(r['max_rhat'], '.3f')} | "
+                f"{r['chains_that_changed_mode']:.0%} | "
+                + " | ".join(_fmt(ratio.get(k)) for k in RATIO_KEYS) + " |")
+        for s in res["skipped"]:
+            lines.append(f"| {s['method']} | skipped: {s['reason']} |" + " |" * 12)
+        for f in res["failed"]:
+            lines.append(f"| {f['method']} | failed: {f['error']} |" + " |" * 12)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN and infinities as null/strings, so the file is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results", help="folder for the JSON and tables")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"d = {QUICK.dims}, {QUICK.chains} chains, budget {QUICK.budget} "
+                             f"(< 5 min); default: d = {FULL.dims}, {FULL.chains} chains, "
+                             f"budget {FULL.budget}")
+    parser.add_argument("--dims", type=int, nargs="+", help="override the mode's dimensions")
+    parser.add_argument("--chains", type=int, help="override the mode's number of chains")
+    parser.add_argument("--budget", type=int,
+                        help="override the gradient evaluations per chain")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    mode = QUICK if args.quick else FULL
+    mode = Mode(mode.name, tuple(args.dims or mode.dims), args.chains or mode.chains,
+                args.budget or mode.budget)
+    start = time.perf_counter()
+    results = []
+    for problem in make_problems(mode, args.seed):
+        print(f"{problem.name} (d = {problem.dim}):", flush=True)
+        results.append(run_problem(problem))
+    report = {"benchmark": "sampling_peers", "mode": mode.name,
+              "command": " ".join([Path(sys.executable).name, "-m", "bench.sampling_peers",
+                                   *(argv if argv is not None else sys.argv[1:])]),
+              "python_executable": sys.executable, "versions": versions(),
+              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+              "total_s": time.perf_counter() - start, "targets_met": targets_met(results),
+              "problems": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"sampling_peers_{mode.name}.json").write_text(json.dumps(_json_safe(report), indent=1))
+    (out / f"sampling_peers_{mode.name}.md").write_text(markdown(results))
+    print(f"done in {report['total_s']:.0f} s; wrote {out}/sampling_peers_{mode.name}.json")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The sampling benchmark (bench/sampling_peers.py) runs end to end on a tiny budget.
+
+Our adapters (FlowMC, MALA) and numpyro's NUTS are in the main venv and always run; the optional
+peers (flowMC in JAX, torchebm) live in the benchmark's own venv and are skipped, with the reason,
+where they are not importable. Nothing here checks the samplers' quality: the benchmark's numbers
+are its own business; this checks that its budget accounting and reporting hold.
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench import sampling_peers
+from bench.peers import flowmc_jax, numpyro_nuts, ours, torchebm_langevin
+from bench.sampling_peers import Method, Mode, make_problems, run_problem
+
+TINY = Mode("tiny", (4,), 4, 400)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_seed_and_threads):
+    # The benchmark runs torch on one thread: small batched ops on a busy 2-core machine run
+    # several times slower on two (threads wait for each other).
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problems(TINY)[1]  # the 4-mode mixture in d = 4
+
+
+@pytest.fixture(scope="module")
+def runs(problem):
+    torch.set_num_threads(1)
+    return {"flowmc": ours.run_flowmc(problem),
+            "strict": ours.run_flowmc(problem, ours.FlowMCConfig(strict=True)),
+            "mala": ours.run_mala(problem)}
+
+
+def _check_scored(row, problem):
+    assert row["chains"] == problem.chains and row["draws"] >= 4
+    assert row["grad_evals_per_chain"] <= problem.budget
+    for key in ("mode_weight_error", "ess_coord_per_s", "max_rhat", "wall_s"):
+        assert math.isfinite(row[key]), key
+    assert 0 <= row["mode_weight_error"] <= 1
+
+
+def test_every_method_starts_from_the_same_points():
+    a, b = make_problems(TINY)[1], make_problems(TINY)[1]
+    assert a.x0.equal(b.x0) and a.x0.shape == (TINY.chains, 4)
+
+
+def test_our_adapters_spend_at_most_the_budget(problem, runs):
+    flow, strict, mala = runs["flowmc"], runs["strict"], runs["mala"]
+    # A FlowMC cycle: n_local MALA gradients + 1 at the global move's destination; i-SIR's
+    # particles are gradient-free evaluations, counted apart.
+    config = ours.FlowMCConfig()
+    cycles = flow.config["warmup_cycles"] + flow.config["cycles"]
+    assert flow.grad_evals == 1 + cycles * (config.n_local + 1)
+    assert flow.logprob_evals == cycles * config.n_particles
+    assert strict.grad_evals + strict.logprob_evals <= problem.budget
+    assert mala.grad_evals == problem.budget and mala.logprob_evals == 0
+    for run in (flow, strict, mala):
+        assert run.samples.shape[::2] == (problem.chains, problem.dim)
+        _check_scored(sampling_peers.score(run, problem.target), problem)
+
+
+def test_nuts_is_cut_at_the_budget(problem):
+    run = numpyro_nuts.run_nuts(problem)
+    assert not run.notes, run.notes  # the warm-up (a chunk of 25 draws) left room for draws
+    assert problem.budget - 4 * 20 < run.grad_evals <= problem.budget  # cut within a few draws
+    _check_scored(sampling_peers.score(run, problem.target), problem)
+
+
+def test_report_has_ratios_skips_and_failures(problem, runs):
+    def broken(p, done):
+        raise RuntimeError("no such sampler")
+
+    methods = (Method(sampling_peers.OURS, lambda: None, lambda p, done: runs["flowmc"]),
+               Method("MALA (ours)", lambda: None, lambda p, done: runs["mala"]),
+               Method("absent", lambda: "not importable: absent", broken),
+               Method("broken", lambda: None, broken))
+    result = run_problem(problem, methods, log=lambda line: None)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows[sampling_peers.OURS]["ratio_to_ours"]["wall_s"] == 1.0
+    assert rows["MALA (ours)"]["ratio_to_ours"]["mode_weight_error"] > 0
+    assert result["skipped"] == [{"method": "absent", "reason": "not importable: absent"}]
+    assert result["failed"][0]["error"] == "RuntimeError: no such sampler"
+    checks = sampling_peers.targets_met([result])[problem.name]
+    assert set(checks) == {"error_5x_smaller_than_MALA (ours)"}
+    json.dumps(sampling_peers._json_safe(result), allow_nan=False)
+    assert "| absent | skipped: not importable: absent |" in sampling_peers.markdown([result])
+
+
+def test_a_mode_never_visited_has_no_indicator_ess(problem, runs):
+    run = dataclasses.replace(runs["mala"])
+    run.samples = np.broadcast_to(problem.target.means[0].numpy(), run.samples.shape).copy()
+    row = sampling_peers.score(run, problem.target)
+    assert not row["all_modes_visited"] and math.isnan(row["ess_mode"])
+
+
+@pytest.mark.parametrize("peer", [
+    pytest.param(flowmc_jax, marks=pytest.mark.slow, id="flowMC"),  # ~30 s of JIT compilation
+    pytest.param(torchebm_langevin, id="torchebm"),
+])
+def test_optional_peer_runs_where_installed(peer, problem):
+    reason = peer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    if peer is flowmc_jax:
+        run = flowmc_jax.run_flowmc_jax(problem)
+    else:
+        run = torchebm_langevin.run_langevin(problem, mala_step_size=0.5)
+    _check_scored(sampling_peers.score(run, problem.target), problem)
