@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -73,6 +74,7 @@ FULL = Mode("full", (16, 32, 64), 128, 6000)
 class Method:
     """A row of the tables: its label, why it cannot run (None if it can), how to run it."""
 
+    key: str
     label: str
     unavailable: Callable[[], str | None]
     run: Callable[[Problem, dict[str, Run]], Run]
@@ -89,13 +91,15 @@ def _langevin(problem: Problem, done: dict[str, Run]) -> Run:
 
 
 METHODS = (
-    Method(OURS, _always, lambda p, done: ours.run_flowmc(p)),
-    Method("FlowMC (ours, strict)", _always,
+    Method("flowmc", OURS, _always, lambda p, done: ours.run_flowmc(p)),
+    Method("flowmc_strict", "FlowMC (ours, strict)", _always,
            lambda p, done: ours.run_flowmc(p, ours.FlowMCConfig(strict=True))),
-    Method("MALA (ours)", _always, lambda p, done: ours.run_mala(p)),
-    Method("NUTS (numpyro)", numpyro_nuts.unavailable, lambda p, done: numpyro_nuts.run_nuts(p)),
-    Method("flowMC (JAX)", flowmc_jax.unavailable, lambda p, done: flowmc_jax.run_flowmc_jax(p)),
-    Method("ULA (torchebm)", torchebm_langevin.unavailable, _langevin),
+    Method("mala", "MALA (ours)", _always, lambda p, done: ours.run_mala(p)),
+    Method("nuts", "NUTS (numpyro)", numpyro_nuts.unavailable,
+           lambda p, done: numpyro_nuts.run_nuts(p)),
+    Method("flowmc_jax", "flowMC (JAX)", flowmc_jax.unavailable,
+           lambda p, done: flowmc_jax.run_flowmc_jax(p)),
+    Method("torchebm", "ULA (torchebm)", torchebm_langevin.unavailable, _langevin),
 )
 
 
@@ -289,21 +293,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget", type=int,
                         help="override the gradient evaluations per chain")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", choices=[m.key for m in METHODS],
+                        default=[m.key for m in METHODS],
+                        help="a subset of the methods (torchebm needs mala)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mode = QUICK if args.quick else FULL
     mode = Mode(mode.name, tuple(args.dims or mode.dims), args.chains or mode.chains,
                 args.budget or mode.budget)
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()
     results = []
     for problem in make_problems(mode, args.seed):
         print(f"{problem.name} (d = {problem.dim}):", flush=True)
-        results.append(run_problem(problem))
+        results.append(run_problem(problem, [m for m in METHODS if m.key in args.methods]))
     report = {"benchmark": "sampling_peers", "mode": mode.name,
-              "command": " ".join([Path(sys.executable).name, "-m", "bench.sampling_peers",
+              "command": " ".join([os.path.relpath(sys.executable), "-m", "bench.sampling_peers",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "python_executable": sys.executable, "versions": versions(),
               "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+              "cpus": os.cpu_count(),
+              # Other people's jobs share the machine: the 1-minute load average, before and after.
+              "load_average": [load[0], os.getloadavg()[0]],
               "total_s": time.perf_counter() - start, "targets_met": targets_met(results),
               "problems": results}
     out = Path(args.out)

@@ -22,7 +22,7 @@ TINY = Mode("tiny", (4,), 4, 400)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
+def _one_thread():
     # The benchmark runs torch on one thread: small batched ops on a busy 2-core machine run
     # several times slower on two (threads wait for each other).
     torch.set_num_threads(1)
@@ -81,10 +81,10 @@ def test_report_has_ratios_skips_and_failures(problem, runs):
     def broken(p, done):
         raise RuntimeError("no such sampler")
 
-    methods = (Method(sampling_peers.OURS, lambda: None, lambda p, done: runs["flowmc"]),
-               Method("MALA (ours)", lambda: None, lambda p, done: runs["mala"]),
-               Method("absent", lambda: "not importable: absent", broken),
-               Method("broken", lambda: None, broken))
+    methods = (Method("flowmc", sampling_peers.OURS, lambda: None, lambda p, done: runs["flowmc"]),
+               Method("mala", "MALA (ours)", lambda: None, lambda p, done: runs["mala"]),
+               Method("absent", "absent", lambda: "not importable: absent", broken),
+               Method("broken", "broken", lambda: None, broken))
     result = run_problem(problem, methods, log=lambda line: None)
     rows = {r["method"]: r for r in result["rows"]}
     assert rows[sampling_peers.OURS]["ratio_to_ours"]["wall_s"] == 1.0
