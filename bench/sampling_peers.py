@@ -103,9 +103,9 @@ METHODS = (
 )
 
 
-def make_problems(mode: Mode, seed: int = 0) -> list[Problem]:
+def make_problems(mode: Mode, seed: int = 0, two_modes: bool = True) -> list[Problem]:
     """TwoModes, then the 4-mode mixture in each of ``mode.dims``; starts ``N(0, 2² I)``."""
-    targets: list[tuple[str, GaussianMixture]] = [("two_modes", TwoModes())]
+    targets: list[tuple[str, GaussianMixture]] = [("two_modes", TwoModes())] if two_modes else []
     targets += [(f"mixture_d{d}", HighDimMixture(d, weights=WEIGHTS)) for d in mode.dims]
     problems = []
     for name, target in targets:
@@ -205,23 +205,48 @@ def run_problem(problem: Problem, methods=METHODS, log: Callable[[str], None] = 
             "rows": rows, "skipped": skipped, "failed": failed}
 
 
+def _checks(rows: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The project's targets on one set of rows (method -> figures)."""
+    check: dict[str, Any] = {}
+    ours_row = rows[OURS]
+    for peer in ("MALA (ours)", "NUTS (numpyro)"):
+        if peer in rows:
+            ratio = _divide(rows[peer]["mode_weight_error"], ours_row["mode_weight_error"])
+            check[f"error_5x_smaller_than_{peer}"] = {"ratio": ratio, "met": ratio >= 5}
+    if "flowMC (JAX)" in rows:
+        ratio = _divide(ours_row["ess_mode_per_s"], rows["flowMC (JAX)"]["ess_mode_per_s"])
+        check["ess_mode_per_s_at_least_flowMC_JAX"] = {"ratio": ratio, "met": ratio >= 1}
+    return check
+
+
+def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per problem and method, the figures over seeds: mean and worst error, mean ESS/s, wall."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for res in results:
+        for row in res["rows"]:
+            groups.setdefault((res["problem"], row["method"]), []).append(row)
+    return [{"problem": problem, "method": method, "seeds": len(rows),
+             "mode_weight_error": float(np.mean([r["mode_weight_error"] for r in rows])),
+             "worst_mode_weight_error": max(r["mode_weight_error"] for r in rows),
+             "ess_mode_per_s": float(np.mean([r["ess_mode_per_s"] for r in rows])),
+             "wall_s": float(np.mean([r["wall_s"] for r in rows]))}
+            for (problem, method), rows in groups.items()]
+
+
 def targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The project's stated targets, checked per problem where the rows exist."""
-    out = {}
+    """The project's targets per problem: on each seed and, with several, on the seeds' means."""
+    out: dict[str, Any] = {}
     for res in results:
         rows = {r["method"]: r for r in res["rows"]}
-        ours_row = rows.get(OURS)
-        if ours_row is None:
-            continue
-        check: dict[str, Any] = {}
-        for peer in ("MALA (ours)", "NUTS (numpyro)"):
-            if peer in rows:
-                ratio = _divide(rows[peer]["mode_weight_error"], ours_row["mode_weight_error"])
-                check[f"error_5x_smaller_than_{peer}"] = {"ratio": ratio, "met": ratio >= 5}
-        if "flowMC (JAX)" in rows:
-            ratio = _divide(ours_row["ess_mode_per_s"], rows["flowMC (JAX)"]["ess_mode_per_s"])
-            check["ess_mode_per_s_at_least_flowMC_JAX"] = {"ratio": ratio, "met": ratio >= 1}
-        out[res["problem"]] = check
+        if OURS in rows:
+            out.setdefault(res["problem"], {})[f"seed {res['seed']}"] = _checks(rows)
+    means: dict[str, dict[str, Any]] = {}
+    for row in summary(results):
+        if row["seeds"] > 1:
+            means.setdefault(row["problem"], {})[row["method"]] = row
+    for problem, rows in means.items():
+        if OURS in rows:
+            out[problem]["mean over seeds"] = _checks(rows)
     return out
 
 
@@ -245,7 +270,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """One table per problem: absolute figures, then ratios to our FlowMC."""
     lines = []
     for res in results:
-        lines += [f"### {res['problem']}: {res['target']}", "",
+        lines += [f"### {res['problem']}, seed {res['seed']}: {res['target']}", "",
                   f"{res['chains']} chains, budget {res['budget_grad_evals_per_chain']} gradient "
                   f"evaluations per chain, start {res['start']}.", "",
                   "| method | grad evals | grad-free evals | wall s | weight error (± se) | "
@@ -266,6 +291,15 @@ def markdown(results: list[dict[str, Any]]) -> str:
             lines.append(f"| {s['method']} | skipped: {s['reason']} |" + " |" * 12)
         for f in res["failed"]:
             lines.append(f"| {f['method']} | failed: {f['error']} |" + " |" * 12)
+        lines.append("")
+    rows = [r for r in summary(results) if r["seeds"] > 1]
+    if rows:
+        lines += ["### Over seeds", "",
+                  "| problem | method | seeds | mean weight error | worst weight error | "
+                  "mean ESS/s mode | mean wall s |", "|---" * 7 + "|"]
+        lines += [f"| {r['problem']} | {r['method']} | {r['seeds']} | "
+                  f"{r['mode_weight_error']:.4f} | {r['worst_mode_weight_error']:.4f} | "
+                  f"{_fmt(r['ess_mode_per_s'])} | {r['wall_s']:.1f} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -292,10 +326,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--chains", type=int, help="override the mode's number of chains")
     parser.add_argument("--budget", type=int,
                         help="override the gradient evaluations per chain")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run of everything per seed (starts, flows, chains)")
     parser.add_argument("--methods", nargs="+", choices=[m.key for m in METHODS],
                         default=[m.key for m in METHODS],
                         help="a subset of the methods (torchebm needs mala)")
+    parser.add_argument("--no-two-modes", action="store_true", help="only the 4-mode mixtures")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     mode = QUICK if args.quick else FULL
@@ -303,9 +339,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.budget or mode.budget)
     start, load = time.perf_counter(), os.getloadavg()
     results = []
-    for problem in make_problems(mode, args.seed):
-        print(f"{problem.name} (d = {problem.dim}):", flush=True)
-        results.append(run_problem(problem, [m for m in METHODS if m.key in args.methods]))
+    methods = [m for m in METHODS if m.key in args.methods]
+    for seed in args.seeds:
+        for problem in make_problems(mode, seed, two_modes=not args.no_two_modes):
+            print(f"{problem.name} (d = {problem.dim}, seed {seed}):", flush=True)
+            results.append(run_problem(problem, methods))
     report = {"benchmark": "sampling_peers", "mode": mode.name,
               "command": " ".join([os.path.relpath(sys.executable), "-m", "bench.sampling_peers",
                                    *(argv if argv is not None else sys.argv[1:])]),
@@ -315,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               # Other people's jobs share the machine: the 1-minute load average, before and after.
               "load_average": [load[0], os.getloadavg()[0]],
               "total_s": time.perf_counter() - start, "targets_met": targets_met(results),
-              "problems": results}
+              "summary_over_seeds": summary(results), "problems": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"sampling_peers_{mode.name}.json").write_text(json.dumps(_json_safe(report), indent=1))
