@@ -117,7 +117,7 @@ def make_problems(mode: Mode, seed: int = 0, two_modes: bool = True) -> list[Pro
 
 def score(run: Run, target: GaussianMixture) -> dict[str, Any]:
     """The benchmark's figures for one run (JSON-ready)."""
-    samples = torch.as_tensor(np.ascontiguousarray(run.samples), dtype=torch.float32)
+    samples = torch.from_numpy(np.array(run.samples, dtype=np.float32))  # JAX output is read-only
     labels = target.assign(samples)  # (chains, draws)
     k = target.n_modes
     weights = mode_weights(samples, labels, n_modes=k)
