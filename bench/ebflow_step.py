@@ -8,7 +8,8 @@ ML / SSM / DSM / FD-SSM: 4×, 8×, 16× faster than ML.
 
 All objectives run in this process, in rounds, alternating (the order rotates every round), so
 machine load affects them alike; the median over rounds is reported. A step is the whole update:
-zero_grad, loss, backward, Adam step (no EMA). Writes ``ebflow_step.json`` into ``--out``.
+zero_grad, loss, backward, Adam step and EMA update (the same O(D²) bookkeeping for every
+objective). Writes ``ebflow_step.json`` into ``--out``.
 
 Example:
     .venv/bin/python bench/ebflow_step.py --dims 64 256 784 1024 --out bench/results
