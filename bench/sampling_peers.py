@@ -35,6 +35,7 @@ import platform
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -120,9 +121,12 @@ def score(run: Run, target: GaussianMixture) -> dict[str, Any]:
     samples = torch.from_numpy(np.array(run.samples, dtype=np.float32))  # JAX output is read-only
     labels = target.assign(samples)  # (chains, draws)
     k = target.n_modes
-    weights = mode_weights(samples, labels, n_modes=k)
-    hops = mode_hopping(samples, labels, n_modes=k, warn=False)
-    mix = mixing(samples)
+    with warnings.catch_warnings():
+        # Short runs keep fewer draws than chains; ArviZ then suspects transposed input, wrongly.
+        warnings.filterwarnings("ignore", "More chains", UserWarning)
+        weights = mode_weights(samples, labels, n_modes=k)
+        hops = mode_hopping(samples, labels, n_modes=k, warn=False)
+        mix = mixing(samples)
     # A mode no draw visits has a constant indicator, whose ArviZ ESS is the number of draws:
     # meaningless, so none is reported.
     visited = bool(np.all(weights.weights > 0))
