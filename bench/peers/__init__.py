@@ -11,4 +11,3 @@ import os
 # JAX reads its threading flags once, at import: set them before any adapter imports it, so JAX
 # uses one core like torch does (the machine is shared, and timings must be comparable).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
