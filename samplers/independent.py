@@ -62,16 +62,11 @@ def draw(proposal: Proposal, shape: tuple[int, ...],
         return y, dist.log_prob(y)
 
 
-def _rescore(log_prob: LogProb, state: State, x: Tensor, lp: Tensor,
-             moved: Tensor) -> State:
-    """The new state, with a gradient recomputed at the new points if the chain carries one."""
+def _move(state: State, x: Tensor, lp: Tensor, grad: Tensor | None, moved: Tensor) -> State:
+    """The new state: ``x``, ``lp`` (and ``grad``) where a chain moved, the old values elsewhere."""
     m = event_view(moved, x)
-    x = torch.where(m, x, state.x)
-    lp = torch.where(moved, lp, state.log_prob)
-    if state.grad is None:
-        return state.replace(x=x, log_prob=lp)
-    _, g = evaluate(log_prob, x, grad=True)
-    return state.replace(x=x, log_prob=lp, grad=torch.where(m, g, state.grad))
+    return state.replace(x=torch.where(m, x, state.x), log_prob=torch.where(moved, lp, state.log_prob),
+                         grad=None if state.grad is None else torch.where(m, grad, state.grad))
 
 
 class IndependentMH(Kernel):
@@ -109,10 +104,11 @@ class IndependentMH(Kernel):
         y, log_q_y = draw(self.proposal, (n,), generator)
         with torch.no_grad():
             log_q_x = resolve(self.proposal).log_prob(state.x)
-        lp, _ = evaluate(self.log_prob, y, grad=False)
+        # A chain that carries a gradient (FlowMC's local MALA) gets it in the same pass.
+        lp, g = evaluate(self.log_prob, y, grad=state.grad is not None)
         log_ratio = lp - state.log_prob + log_q_x - log_q_y
         accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
-        new = _rescore(self.log_prob, state, y, lp, accepted)
+        new = _move(state, y, lp, g, accepted)
         return new, Info(accept_prob, accepted, None, invalid)
 
     def __repr__(self) -> str:
@@ -178,7 +174,10 @@ class ISIR(Kernel):
         idx = pick.view(1, n, *([1] * len(event))).expand(1, n, *event)
         x_new = torch.gather(y, 0, idx).squeeze(0)
         lp_new = torch.gather(lp_y, 0, pick.view(1, n)).squeeze(0)
-        new = _rescore(self.log_prob, state, x_new, lp_new, moved)
+        # Gradients only at the n chosen points, not at all k * n candidates; a chain that stayed
+        # keeps its own (torch.where below), so the batch needs no host sync to skip it.
+        g_new = None if state.grad is None else evaluate(self.log_prob, x_new, grad=True)[1]
+        new = _move(state, x_new, lp_new, g_new, moved)
         ess = 1.0 / probs.square().sum(0)
         info = Info(1.0 - probs[0], moved, None, (~valid).sum(0).to(torch.int32),
                     {"isir_ess": ess})

@@ -1,6 +1,5 @@
 """Claims about flowmc_ebm.flows: identity at init, configurable base, fast two-way sampling."""
 
-import time
 
 import pytest
 import torch
@@ -49,15 +48,12 @@ def test_sampling_in_50d_takes_two_passes_per_transform(kind):
     conditioners = [m.hyper for m in flow.transform.modules() if hasattr(m, "hyper")]
     for conditioner in conditioners:
         conditioner.register_forward_hook(lambda *_: calls.append(1))
-    start = time.perf_counter()
     with torch.no_grad():
         x = flow().sample((1024,))
-    elapsed = time.perf_counter() - start
     assert x.shape == (1024, 50)
-    # Autoregressive zuko flows would make 50 passes per transform; coupling makes at most 2.
+    # Autoregressive zuko flows would make 50 passes per transform (seconds in 50-D); coupling
+    # makes at most 2. Counting passes, not seconds, keeps the check independent of machine load.
     assert len(calls) <= 2 * len(conditioners)
-    # A coupling flow of this size samples in ~0.1 s on one CPU core; autoregressive, seconds.
-    assert elapsed < 1.0
 
 
 @pytest.mark.parametrize("kind", FLOW_KINDS)

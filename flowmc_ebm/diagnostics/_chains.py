@@ -101,5 +101,6 @@ def points_tensor(samples: Any, *, name: str = "samples") -> torch.Tensor:
 def _tensor(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
-    # torch refuses numpy views with negative strides (x[::-1]); a copy is cheap here.
-    return torch.as_tensor(np.ascontiguousarray(x))
+    # torch refuses numpy views with negative strides (x[::-1]) and warns on read-only arrays
+    # (JAX output); a copy is cheap here.
+    return torch.from_numpy(np.array(x, copy=True, order="C"))
