@@ -21,11 +21,21 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow -p no:cacheprovider tests
 
-bench: $(STAMP)
+# Peers (flowMC on JAX, torchebm) live in a venv of their own; torch stays pinned there too.
+BENCH_STAMP := .venv-bench/.installed
+$(BENCH_STAMP): pyproject.toml constraints-dev.txt
+	test -x .venv-bench/bin/python || python3 -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q -c constraints-dev.txt -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# The quick set: minutes on 2 CPU cores; JSON in bench/results/.
+bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/sampler_overhead.py --out bench/results
+	.venv-bench/bin/python -m bench.sampling_peers --quick --out bench/results
+	$(PY) bench/ebflow_step.py --dims 64 256 784 --rounds 3 --out bench/results
 
 lint: $(STAMP)
 	$(PY) -m ruff check samplers flowmc_ebm tests bench examples
 
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv .venv-bench build *.egg-info
