@@ -40,29 +40,22 @@ SAMPLERS = ("flowmc", "ula", "mala", "nt")
 TARGETS = ("two_modes", "four_modes", "eight_gaussians", "rings", "high_dim", "gaussian_mixture")
 
 
-def _spec(default: Any, *, low: float | None = None, high: float | None = None,
-          low_open: bool = False, choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
-    """A dataclass field carrying its allowed range, checked by `_validate`."""
-    kwargs = ({"default_factory": (lambda: default)} if isinstance(default, (list, dict))
-              else {"default": default})
-    return field(**kwargs, metadata={"low": low, "high": high, "low_open": low_open,
-                                     "choices": choices, "doc": doc})
+def _spec(default: Any, *, low: float | None = None, low_open: bool = False,
+          choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its allowed values, checked by `_validate`."""
+    return field(default=default, metadata={"low": low, "low_open": low_open, "choices": choices})
 
 
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is tuple:
         return "a list of ints"
-    return {bool: "a bool", int: "an int", float: "a number", str: "a string"}[hint]
+    return {int: "an int", float: "a number", str: "a string"}[hint]
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     """``value`` as the field's type, or a TypeError naming the field, expected and received."""
     bad = TypeError(f"{name} must be {_type_name(hint)}; received {value!r} "
                     f"({type(value).__name__})")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
@@ -88,14 +81,13 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 def _check_range(value: Any, meta: dict, name: str) -> None:
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}; received {value!r}")
-    items = value if isinstance(value, tuple) else (value,)
-    for v in items:
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (v <= low if meta.get("low_open") else v < low):
-            op = ">" if meta.get("low_open") else ">="
-            raise ValueError(f"{name} must be {op} {low}; received {value!r}")
-        if high is not None and v > high:
-            raise ValueError(f"{name} must be <= {high}; received {value!r}")
+    low = meta.get("low")
+    if low is None:
+        return
+    strict = meta.get("low_open")
+    for v in value if isinstance(value, tuple) else (value,):
+        if v <= low if strict else v < low:
+            raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; received {value!r}")
 
 
 def _validate(record: Any, section: str) -> None:
