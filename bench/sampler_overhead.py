@@ -89,7 +89,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [measure(d, args.chains, args.steps, args.repeats, args.device) for d in args.dims]
     result = {"benchmark": "sampler_overhead", "target_ratio": 1.10, "device": args.device,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
