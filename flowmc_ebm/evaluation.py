@@ -272,14 +272,15 @@ def weight_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]]
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
     for label, iterations, weights in curves:
         ax.plot(np.asarray(iterations), np.asarray(weights, dtype=float), label=label, lw=1.2)
     ax.axhline(truth, color="black", ls="--", lw=1, label=f"truth {truth:.3f}")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, loc="best")
+    # Outside the axes: the curves cover the whole range, so no corner inside is free.
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
