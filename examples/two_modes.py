@@ -107,7 +107,7 @@ def _fmt(value: float, spec: str) -> str:
         else format(value, spec)
 
 
-def markdown_table(table: list[dict], truth: float) -> str:
+def markdown_table(table: list[dict], truth: float, eval_every: int) -> str:
     lines = [
         "| method | α | top-right weight, mean ± sd over seeds | per seed (last 25%) | "
         "max \\|Δw\\| | chains' weight | global acc. | local acc. | R̂ (chains) | "
@@ -123,9 +123,11 @@ def markdown_table(table: list[dict], truth: float) -> str:
             f"{_fmt(row['global_accept'], '.2f')} | {_fmt(row['local_accept'], '.2f')} | "
             f"{_fmt(row['rhat'], '.3f')} | {row['wall_time']:.0f} s | "
             f"{PAPER.get(row['sampler'], '')} |")
+    seeds = max(len(row["seeds"]) for row in table)
     lines.append(f"\nTrue weight {truth:.4f}. Weight: quadrature of the EBM's normalized tilted "
-                 "density on a 128² grid over [-4.5, 4.5]², every 50 iterations, averaged over the "
-                 "last 25% of training; sd over 3 seeds (data and trainer seeded together).")
+                 f"density on a 128² grid over [-4.5, 4.5]², every {eval_every} iterations, "
+                 f"averaged over the last 25% of training; sd over {seeds} seeds (data and trainer "
+                 "seeded together).")
     return "\n".join(lines) + "\n"
 
 
@@ -188,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     truth = summaries[0]["truth"]
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", {"table": table, "runs": summaries})
-    (args.out / "table.md").write_text(markdown_table(table, truth), encoding="utf-8")
+    eval_every = summaries[0]["config"]["trainer"]["eval_every"]
+    (args.out / "table.md").write_text(markdown_table(table, truth, eval_every), encoding="utf-8")
     figures(args.out, summaries)
-    print(markdown_table(table, truth))
+    print(markdown_table(table, truth, eval_every))
     return 0
 
 
