@@ -136,14 +136,14 @@ def figures(out: Path, summaries: list[dict]) -> None:
     for s in summaries:
         by_alpha.setdefault(s["config"]["trainer"]["energy_l2"], []).append(s)
     for alpha, runs in by_alpha.items():
-        curves = []
+        panels: dict[str, list] = {}
         for s in sorted(runs, key=lambda s: (s["sampler"], s["config"]["trainer"]["seed"])):
             name = run_name(s["sampler"], alpha, s["config"]["trainer"]["seed"])
             history = json.loads((out / "runs" / name / "history.json").read_text())
-            curves.append((f"{LABELS.get(s['sampler'], s['sampler'])} seed "
-                           f"{s['config']['trainer']['seed']}", history["eval_iteration"],
-                           [w[s["mode"]] for w in history["ebm_mode_weights"]]))
-        weight_figure(curves, runs[0]["truth"], out / f"weights_alpha{alpha:g}.png")
+            panels.setdefault(f"{LABELS.get(s['sampler'], s['sampler'])}, α={alpha:g}", []).append(
+                (f"seed {s['config']['trainer']['seed']}", history["eval_iteration"],
+                 [w[s["mode"]] for w in history["ebm_mode_weights"]]))
+        weight_figure(panels, runs[0]["truth"], out / f"weights_alpha{alpha:g}.png")
         first = sorted((s for s in runs if s["config"]["trainer"]["seed"] == min(
             r["config"]["trainer"]["seed"] for r in runs)), key=lambda s: s["sampler"])
         if not first:

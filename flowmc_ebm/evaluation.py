@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ __all__ = ["ChainSnapshots", "grid", "landscape_figure", "last_quarter_summary",
 Bounds = tuple[tuple[float, float], tuple[float, float]]
 #: The box used for TwoModes and the other 2-D targets: their modes and the tilt's bulk fit inside.
 DEFAULT_BOUNDS: Bounds = ((-4.5, 4.5), (-4.5, 4.5))
+#: ``(label, iterations, weights)``: one line of `weight_figure`.
+Curve = tuple[str, Sequence[float], Sequence[float]]
 
 
 def grid(bounds: Bounds = DEFAULT_BOUNDS, n_grid: int = 128) -> tuple[Tensor, float]:
@@ -254,13 +256,15 @@ def landscape_figure(panels: Sequence[tuple[str, Callable[[Tensor], Tensor]]], p
     return path
 
 
-def weight_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], truth: float,
+def weight_figure(curves: Sequence[Curve] | Mapping[str, Sequence[Curve]], truth: float,
                   path: str | Path, ylabel: str = "EBM weight of the top-right mode",
                   xlabel: str = "iteration") -> Path:
     """One mode's weight against the iteration, one line per run, the true weight dashed.
 
     Args:
-        curves: ``(label, iterations, weights)`` triples.
+        curves: ``(label, iterations, weights)`` triples drawn on one panel, or a mapping from
+            panel titles to such triples (one panel each, side by side: e.g. one per method
+            with its seeds, which on one panel would hide each other).
         truth: the true weight.
         path: image file to write.
 
@@ -272,18 +276,22 @@ def weight_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]]
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.0, 3.6))
-    for label, iterations, weights in curves:
-        ax.plot(np.asarray(iterations), np.asarray(weights, dtype=float), label=label, lw=1.2)
-    ax.axhline(truth, color="black", ls="--", lw=1, label=f"truth {truth:.3f}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    # Outside the axes: the curves cover the whole range, so no corner inside is free.
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    panels = dict(curves) if isinstance(curves, Mapping) else {"": curves}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 2.4, 3.6),
+                             squeeze=False, sharey=True)
+    for ax, (title, triples) in zip(axes[0], panels.items(), strict=True):
+        for label, iterations, weights in triples:
+            ax.plot(np.asarray(iterations), np.asarray(weights, dtype=float), label=label, lw=1.1)
+        ax.axhline(truth, color="black", ls="--", lw=1, label=f"truth {truth:.3f}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        # Outside the axes: the curves cover the whole range, so no corner inside is free.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=2)
+    axes[0][0].set_ylabel(ylabel)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
