@@ -280,7 +280,8 @@ class JointTrainer:
             progress: bool = True) -> dict[str, list]:
         """Train for ``n_iterations`` more iterations (or ``epochs`` passes over ``data``).
 
-        Calling `fit` again, or on a trainer from `load`, continues exactly where it stopped.
+        Calling `fit` again, or on a trainer from `load`, with the same data continues exactly
+        where it stopped.
 
         Args:
             data: training points ``(n, dim)``, finite.
