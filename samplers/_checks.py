@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import LogProb
+from .base import LogProb, State
 
 
 def check_log_prob_fn(log_prob: object) -> None:
@@ -106,3 +106,13 @@ def check_initial(lp: Tensor, name: str = "x0") -> None:
             f"log_prob({name}) is not finite for {int(bad.sum())} of {lp.shape[0]} chains "
             f"(first at chain {int(bad.nonzero()[0, 0])}); start chains where the density is positive"
         )
+
+
+def initial_state(log_prob: LogProb, x: Tensor, step_size: float | Tensor | None = None,
+                  grad: bool = True) -> State:
+    """The `State` every kernel starts from: validated positions, their log-density (and gradient),
+    and per-chain step sizes when the kernel has one."""
+    x = check_positions(x)
+    lp, g = evaluate(log_prob, x, grad=grad)
+    check_initial(lp)
+    return State(x, lp, g, None if step_size is None else per_chain(step_size, x))

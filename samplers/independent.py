@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ._checks import check_initial, check_log_prob_fn, check_positions, check_positive_int, evaluate
+from ._checks import check_log_prob_fn, check_positive_int, evaluate, initial_state
 from .base import Info, Kernel, LogProb, State
 from .proposal import event_view, mh_accept
 
@@ -94,10 +94,7 @@ class IndependentMH(Kernel):
         self.proposal = proposal
 
     def init(self, x: Tensor) -> State:
-        x = check_positions(x)
-        lp, _ = evaluate(self.log_prob, x, grad=False)
-        check_initial(lp)
-        return State(x, lp)
+        return initial_state(self.log_prob, x, grad=False)
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n = state.x.shape[0]
@@ -146,10 +143,7 @@ class ISIR(Kernel):
         self.n_particles = n_particles
 
     def init(self, x: Tensor) -> State:
-        x = check_positions(x)
-        lp, _ = evaluate(self.log_prob, x, grad=False)
-        check_initial(lp)
-        return State(x, lp)
+        return initial_state(self.log_prob, x, grad=False)
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n, k = state.x.shape[0], self.n_particles

@@ -6,12 +6,10 @@ import torch
 from torch import Tensor
 
 from ._checks import (
-    check_initial,
     check_log_prob_fn,
-    check_positions,
     check_step_size,
     evaluate,
-    per_chain,
+    initial_state,
 )
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
@@ -49,10 +47,7 @@ class MALA(StepSizeTuned):
         self.adaptation = DualAveraging(target_accept)
 
     def init(self, x: Tensor) -> State:
-        x = check_positions(x)
-        lp, g = evaluate(self.log_prob, x, grad=True)
-        check_initial(lp)
-        return State(x, lp, g, per_chain(self.step_size, x))
+        return initial_state(self.log_prob, x, self.step_size)
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         h = state.step_size

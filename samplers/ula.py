@@ -6,12 +6,10 @@ import torch
 from torch import Tensor
 
 from ._checks import (
-    check_initial,
     check_log_prob_fn,
-    check_positions,
     check_step_size,
     evaluate,
-    per_chain,
+    initial_state,
 )
 from .base import Info, Kernel, LogProb, State
 from .diffusions import langevin_proposal
@@ -43,10 +41,7 @@ class ULA(Kernel):
         self.step_size = step_size
 
     def init(self, x: Tensor) -> State:
-        x = check_positions(x)
-        lp, g = evaluate(self.log_prob, x, grad=True)
-        check_initial(lp)
-        return State(x, lp, g, per_chain(self.step_size, x))
+        return initial_state(self.log_prob, x, self.step_size)
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         y = langevin_proposal(state.x, state.grad, state.step_size, generator)
