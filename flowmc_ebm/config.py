@@ -94,7 +94,7 @@ def _validate(record: Any, section: str) -> None:
     """Coerce and range-check every field of a config dataclass in place."""
     hints = typing.get_type_hints(type(record))
     for f in dataclasses.fields(record):
-        if f.name in _NESTED:
+        if f.name in _NESTED or f.name in _FREE_TABLES:
             continue
         name = f"{section}.{f.name}" if section else f.name
         value = _coerce(getattr(record, f.name), hints[f.name], name)
@@ -218,6 +218,9 @@ class RunConfig:
         epochs: passes over the data; ignored when ``iterations`` > 0.
         iterations: EBM steps; 0 means ``epochs × (n_data // batch_size)``.
         checkpoint_every: iterations between two checkpoints.
+        target_options: keyword arguments of the target's constructor, as a
+            ``[target_options]`` table (e.g. ``dim = 16`` and ``weights = [0.1, 0.2, 0.3, 0.4]``
+            for ``"high_dim"``); checked by building the target.
         model, trainer: the ``[model]`` and ``[trainer]`` tables.
 
     Example:
@@ -232,6 +235,7 @@ class RunConfig:
     epochs: int = _spec(75, low=0)
     iterations: int = _spec(0, low=0)
     checkpoint_every: int = _spec(500, low=1)
+    target_options: dict = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -241,6 +245,7 @@ class RunConfig:
             if not isinstance(getattr(self, key), cls):
                 raise TypeError(f"{key} must be a {cls.__name__}; received "
                                 f"{type(getattr(self, key)).__name__}")
+        self.make_target()
         if self.n_iterations < 1:
             raise ValueError("a run needs epochs >= 1 or iterations >= 1; received epochs="
                              f"{self.epochs}, iterations={self.iterations}")
@@ -249,6 +254,27 @@ class RunConfig:
         if self.n_data < self.trainer.batch_size:
             raise ValueError(f"n_data ({self.n_data}) must be at least trainer.batch_size "
                              f"({self.trainer.batch_size})")
+
+    def make_target(self) -> Any:
+        """The target this run trains on: ``get_target(target, **target_options)``.
+
+        Raises:
+            TypeError, ValueError: ``target_options`` is not a table, or the target refuses it
+                (the message names ``target_options``).
+        """
+        from flowmc_ebm.targets import get_target
+
+        if not isinstance(self.target_options, dict):
+            raise TypeError(f"target_options must be a table (dict); received "
+                            f"{type(self.target_options).__name__}")
+        try:
+            return get_target(self.target, **self.target_options)
+        except TypeError as err:
+            raise TypeError(f"target_options {self.target_options!r} do not fit target "
+                            f"{self.target!r}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"target_options {self.target_options!r} do not fit target "
+                             f"{self.target!r}: {err}") from None
 
     @property
     def n_iterations(self) -> int:
@@ -284,6 +310,8 @@ class RunConfig:
 
 
 _NESTED: dict[str, type] = {"model": ModelConfig, "trainer": TrainerConfig}
+#: Tables passed on as they are (checked by whoever consumes them).
+_FREE_TABLES = ("target_options",)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -32,7 +32,6 @@ from flowmc_ebm.evaluation import (
     last_quarter_summary,
     weight_figure,
 )
-from flowmc_ebm.targets import get_target
 from flowmc_ebm.trainer import JointTrainer
 
 HELP = "train an EBM (flowMC-EBM, ULA-PCD, MALA-PCD or NT-EBM) on a known target"
@@ -79,7 +78,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def make_data(config: RunConfig) -> tuple[Any, torch.Tensor]:
     """The target and ``n_data`` exact draws from it (seeded by ``data_seed``)."""
-    target = get_target(config.target)
+    target = config.make_target()
     generator = torch.Generator().manual_seed(config.data_seed)
     return target, target.sample(config.n_data, generator=generator)
 
