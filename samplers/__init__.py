@@ -13,8 +13,9 @@ from .hmc import HMC
 from .independent import ISIR, IndependentMH
 from .latent import Latent
 from .mala import MALA
-from .trace import Trace
+from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 from .ula import ULA
 
 __all__ = ["DualAveraging", "FlowMC", "HMC", "ISIR", "IndependentMH", "Info", "Kernel", "Latent",
-           "MALA", "State", "Trace", "ULA", "sample"]
+           "MALA", "State", "StreamedTrace", "Trace", "TraceWriter", "ULA", "open_trace",
+           "sample"]
