@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "LATEST", "checkpoint_path", "latest_checkpoint", "list_checkpoints",
+           "load_checkpoint", "save_checkpoint", "write_numbered_checkpoint"]
 
 #: Tag stored in every checkpoint; its ``kind`` says what wrote it (e.g. ``"trainer"``).
 FORMAT = "flowmc-ebm-checkpoint-v1"
+#: Name of the newest checkpoint in a checkpoint directory (a hard link to the newest numbered one).
+LATEST = "last.pt"
+_NUMBERED = re.compile(r"iter-(\d+)\.pt")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, kind: str) -> Path:
@@ -110,3 +116,109 @@ def load_checkpoint(path: str | Path, kind: str, map_location: Any = "cpu") -> d
     if state.get("kind") != kind:
         raise ValueError(f"{path} holds a {state.get('kind')!r} checkpoint; expected {kind!r}")
     return state
+
+
+def checkpoint_path(directory: str | Path, iteration: int) -> Path:
+    """The numbered checkpoint of ``iteration`` in ``directory``: ``iter-000400.pt``."""
+    return Path(directory) / f"iter-{iteration:06d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """The numbered checkpoints in ``directory`` as ``(iteration, path)``, newest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _NUMBERED.fullmatch(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def write_numbered_checkpoint(state: dict[str, Any], directory: str | Path, iteration: int,
+                              kind: str, keep: int, newer_than: int | None = None) -> Path:
+    """Write ``iter-NNNNNN.pt`` atomically, point ``last.pt`` at it, then prune older files.
+
+    Only after the new file is safely on disk are the numbered files beyond the ``keep`` newest
+    deleted, and so are numbered files of iterations after ``newer_than`` (default
+    ``iteration``): they belong to a future this run abandoned (e.g. a corrupt file skipped on
+    resume: a run resumed at iteration 400 passes ``newer_than=400`` at its first write).
+    ``last.pt`` is a hard link to the new file where the file system allows it, a copy otherwise.
+
+    Returns:
+        The numbered file written.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive int; received {keep!r}")
+    directory = Path(directory)
+    path = save_checkpoint(state, checkpoint_path(directory, iteration), kind)
+    _point_latest(path, directory / LATEST, state, kind)
+    newer_than = iteration if newer_than is None else min(newer_than, iteration)
+    newer = [p for i, p in list_checkpoints(directory) if i > newer_than and p != path]
+    older = [p for i, p in list_checkpoints(directory) if i <= newer_than and p != path]
+    for stale in newer + older[keep - 1:]:
+        stale.unlink(missing_ok=True)
+    return path
+
+
+def _point_latest(path: Path, latest: Path, state: dict[str, Any], kind: str) -> None:
+    """Make ``latest`` the same file as ``path`` in one atomic rename."""
+    tmp = latest.parent / f".{latest.name}.{os.getpid()}.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # pragma: no cover - file systems without hard links
+        save_checkpoint(state, latest, kind)
+        return
+    try:
+        os.replace(tmp, latest)
+    except BaseException:  # pragma: no cover - e.g. latest is a directory
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(latest.parent)
+
+
+def latest_checkpoint(directory: str | Path, kind: str = "joint-trainer") -> Path:
+    """The newest checkpoint in ``directory`` that loads, skipping truncated or corrupt ones.
+
+    Numbered files (``iter-NNNNNN.pt``) are tried newest first, then ``last.pt`` (the only file
+    of runs written before numbered checkpoints). Each newer file skipped is named in a
+    `UserWarning` with the reason.
+
+    Args:
+        directory: a checkpoint directory (e.g. ``OUT/checkpoints``).
+        kind: the kind of checkpoint wanted (default: a `JointTrainer`'s).
+
+    Returns:
+        The path of the newest good checkpoint.
+
+    Raises:
+        FileNotFoundError: the directory holds no checkpoint at all.
+        ValueError: it holds checkpoints but none loads (each is named with its fault).
+
+    Example:
+        >>> import tempfile, torch
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = write_numbered_checkpoint({"w": torch.ones(1)}, d, 4, kind="x", keep=3)
+        >>> latest_checkpoint(d, kind="x").name
+        'iter-000004.pt'
+    """
+    directory = Path(directory)
+    candidates = [p for _, p in list_checkpoints(directory)]
+    if (directory / LATEST).is_file():
+        candidates.append(directory / LATEST)
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint in {directory} (expected iter-NNNNNN.pt or "
+                                f"{LATEST})")
+    faults = []
+    for path in candidates:
+        try:
+            load_checkpoint(path, kind)
+        except (ValueError, OSError) as err:
+            faults.append(str(err))
+            continue
+        for fault in faults:
+            warnings.warn(f"skipped a newer checkpoint: {fault}", UserWarning, stacklevel=2)
+        return path
+    raise ValueError(f"no readable checkpoint in {directory}: " + "; ".join(faults))

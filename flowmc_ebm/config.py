@@ -166,6 +166,14 @@ class TrainerConfig:
         log_every: iterations between two conversions of the history to Python numbers.
         eval_every: iterations between two quadrature estimates of the EBM's mode weights
             (2-D and a known target only; 0 turns them off).
+        max_abs_energy: divergence guard: ``|mean E|`` of the data or of the negatives above this
+            counts as a diverging EBM (as do NaN/inf energies, losses, gradients or chains).
+        max_grad_norm: divergence guard: an energy gradient norm above this counts as diverging.
+        max_restarts: how many times a diverging run is restored to its last good state (with
+            lower learning rates) before `TrainingDivergedError` is raised; 0 raises at once.
+        restart_lr_factor: both learning rates are multiplied by this (in (0, 1)) at a restart.
+        keep_checkpoints: numbered checkpoints (``iter-NNNNNN.pt``) kept in a checkpoint
+            directory; older ones are deleted after a newer one is written.
     """
 
     pool_size: int = _spec(1024, low=1)
@@ -183,9 +191,17 @@ class TrainerConfig:
     seed: int = _spec(0, low=0)
     log_every: int = _spec(50, low=1)
     eval_every: int = _spec(50, low=0)
+    max_abs_energy: float = _spec(1e4, low=0.0, low_open=True)
+    max_grad_norm: float = _spec(1e5, low=0.0, low_open=True)
+    max_restarts: int = _spec(3, low=0)
+    restart_lr_factor: float = _spec(0.5, low=0.0, low_open=True)
+    keep_checkpoints: int = _spec(3, low=1)
 
     def __post_init__(self) -> None:
         _validate(self, "trainer")
+        if self.restart_lr_factor >= 1:
+            raise ValueError(f"trainer.restart_lr_factor must be < 1 (it lowers the learning "
+                             f"rates); received {self.restart_lr_factor!r}")
         if self.n_negatives > self.pool_size:
             raise ValueError(f"trainer.n_negatives ({self.n_negatives}) must be at most "
                              f"trainer.pool_size ({self.pool_size})")

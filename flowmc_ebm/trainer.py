@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -43,7 +44,13 @@ import zuko
 from torch import Tensor, nn
 
 import samplers
-from flowmc_ebm.checkpoint import load_checkpoint, save_checkpoint
+from flowmc_ebm.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_numbered_checkpoint,
+)
 from flowmc_ebm.config import SAMPLERS, ModelConfig, TrainerConfig
 from flowmc_ebm.energies import FlowTiltedEnergy, MLPEnergy, TiltedEnergy
 from flowmc_ebm.evaluation import quadrature_mode_weights
@@ -51,7 +58,7 @@ from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm.objectives.contrastive import contrastive_loss
 from samplers.independent import draw
 
-__all__ = ["Callback", "JointTrainer"]
+__all__ = ["Callback", "JointTrainer", "TrainingDivergedError", "latest_checkpoint"]
 
 KernelFactory = Callable[[Callable[[Tensor], Tensor]], samplers.Kernel]
 #: Called every ``log_every`` iterations, after the history is brought up to date; returning
@@ -59,6 +66,18 @@ KernelFactory = Callable[[Callable[[Tensor], Tensor]], samplers.Kernel]
 Callback = Callable[["JointTrainer"], Any]
 
 _CHECKPOINT_KIND = "joint-trainer"
+
+# Columns of the per-iteration divergence-guard record (kept on the device until a check).
+_GUARD = ("abs_mean_energy", "energy_grad_norm", "flow_loss", "flow_grad_norm",
+          "energies_finite", "negatives_finite")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The EBM kept diverging after ``max_restarts`` restarts from its last good state.
+
+    The trainer is left at that last good state (finite, saveable); the message says at which
+    iteration, what went out of range, and what to try.
+    """
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
@@ -137,6 +156,8 @@ class JointTrainer:
         self._n_data: int | None = None
         self._elapsed = 0.0  # seconds of fit() before this process, for resumed runs
         self._pending: list[dict[str, Any]] = []
+        self._good: dict[str, Any] | None = None  # last state that passed the divergence guard
+        self._resumed_at: int | None = None
 
     # ----------------------------------------------------------------------------- construction
 
@@ -292,8 +313,10 @@ class JointTrainer:
                 weights by quadrature every ``eval_every`` iterations.
             callbacks: called as ``callback(trainer)`` every ``log_every`` iterations; one
                 returning True stops training.
-            checkpoint_dir: if given, ``last.pt`` there is rewritten (atomically) every
-                ``checkpoint_every`` iterations and at the end.
+            checkpoint_dir: if given, a numbered checkpoint ``iter-NNNNNN.pt`` is written
+                there (atomically) every ``checkpoint_every`` iterations and at the end, and
+                ``last.pt`` made the newest; only the ``config.keep_checkpoints`` newest numbered
+                files are kept. Only states that passed the divergence guard are written.
             checkpoint_every: iterations between checkpoints.
             progress: show a progress bar (never when the ``CI`` variable is set).
 
@@ -303,11 +326,25 @@ class JointTrainer:
             ``flow_nll_neg``, ``flow_nll_data``, ``local_accept``, ``global_accept`` (NaN for
             kernels without global moves), ``elapsed`` (seconds), and with a target
             ``neg_mode_weights`` (one list of weights per iteration); in 2-D with a target, one
-            entry per evaluation under ``eval_iteration`` and ``ebm_mode_weights``.
+            entry per evaluation under ``eval_iteration`` and ``ebm_mode_weights``; after a
+            divergence, one entry per restart under ``restarts`` (a dict: ``iteration`` where
+            it was detected, ``restored_to``, ``reason``, the new ``lr_energy`` and ``lr_flow``).
+
+        Divergence guard: every iteration records, on the device, the EBM's ``|mean E|``, the
+        gradient norms and whether energies, losses and chains are finite. At each history
+        flush (every ``log_every`` iterations), before each checkpoint and at the end, these are
+        checked in one transfer (no host sync per iteration). If a record is out of range
+        (``config.max_abs_energy``, ``config.max_grad_norm``, NaN or inf anywhere), the trainer
+        goes back to the last state that passed the check (networks, optimizers, chains,
+        generator, data order, history), multiplies both learning rates by
+        ``config.restart_lr_factor`` and goes on. Callbacks only ever see checked states, though
+        after a restart they see the restored iterations again.
 
         Raises:
             ValueError, TypeError: bad data (NaN/inf, wrong dimension, too few points), a target
                 of another dimension, bad iteration counts; nothing is trained or written then.
+            TrainingDivergedError: it diverged again after ``config.max_restarts`` restarts; the
+                trainer is left at its last good state, and checkpoints on disk are all good.
         """
         data = self._check_data(data)
         if (n_iterations is None) == (epochs is None):
@@ -336,33 +373,176 @@ class JointTrainer:
         evaluate = (target is not None and self.dim == 2 and self.config.eval_every > 0)
         bar = _progress_bar(total, progress, f"{self._sampler_name()}-EBM")
         start = time.perf_counter() - self._elapsed
+        goal = self.iteration_ + total
+        saved_at = None
+        # Numbered checkpoints after this point belong to a future this run abandoned (e.g. a
+        # corrupt newest file skipped on resume): the first write here removes them.
+        self._resumed_at = self.iteration_
+        self._flush()
+        self._good = self._snapshot()
         try:
-            for _ in range(total):
-                record = self._iteration(data, target)
+            while self.iteration_ < goal:
+                try:
+                    record = self._iteration(data, target)
+                except ValueError as err:
+                    # The kernels refuse chains where the log-density is NaN/inf: a diverged EBM.
+                    if "not finite" not in str(err) or self._good is None:
+                        raise
+                    first = str(err).strip().splitlines()[0]
+                    self._restart(*(self._first_bad() or (
+                        self.iteration_ + 1, f"the model's log-density is NaN or infinite at the "
+                                             f"chains ({first})")))
+                    bar.n = self.iteration_ - (goal - total)
+                    continue
                 self.iteration_ += 1
                 if evaluate and self.iteration_ % self.config.eval_every == 0:
                     record["eval"] = quadrature_mode_weights(self.log_prob, target,
                                                              device=self.device)
                 self._pending.append(record)
                 bar.update()
+                log = self.iteration_ % self.config.log_every == 0
+                save = checkpoint_dir is not None and self.iteration_ % checkpoint_every == 0
+                if not (log or save or self.iteration_ == goal):
+                    continue
+                self._elapsed = time.perf_counter() - start
+                if not self._check():  # restored to the last good state: go on from there
+                    bar.n = self.iteration_ - (goal - total)
+                    continue
                 stop = False
-                if self.iteration_ % self.config.log_every == 0:
-                    self._elapsed = time.perf_counter() - start
-                    self._flush()
+                if log:
                     bar.set_postfix(self._postfix(), refresh=False)
                     stop = any(bool(callback(self)) for callback in callbacks)
-                if checkpoint_dir is not None and self.iteration_ % checkpoint_every == 0:
-                    self._elapsed = time.perf_counter() - start
-                    self.save(Path(checkpoint_dir) / "last.pt")
+                if save:
+                    self._save_numbered(checkpoint_dir)
+                    saved_at = self.iteration_
                 if stop:
                     break
         finally:
             bar.close()
             self._elapsed = time.perf_counter() - start
             self._flush()
-        if checkpoint_dir is not None:
-            self.save(Path(checkpoint_dir) / "last.pt")
+            self._good = None
+        if checkpoint_dir is not None and saved_at != self.iteration_:
+            self._save_numbered(checkpoint_dir)
         return self.history_
+
+    # ------------------------------------------------------------------------- divergence guard
+
+    def _check(self) -> bool:
+        """Check the pending records (one transfer); True if all passed (they are then flushed
+        and the state becomes the new good snapshot), else restore the last good state and lower
+        the learning rates (or raise `TrainingDivergedError`)."""
+        bad = self._first_bad()
+        if bad is not None:
+            self._restart(*bad)
+            return False
+        self._flush()
+        self._good = self._snapshot()
+        return True
+
+    def _first_bad(self) -> tuple[int, str] | None:
+        """The first pending iteration out of range and why, or None (one host transfer)."""
+        if not self._pending:
+            return None
+        guard = torch.stack([r["guard"] for r in self._pending])
+        params_finite = torch.stack([torch.isfinite(p).all() for p in self._parameters()]).all()
+        pool_finite = torch.isfinite(self.pool_).all()
+        tail = torch.stack([params_finite, pool_finite]).to(guard.dtype)
+        values = torch.cat([guard.flatten(), tail]).tolist()
+        n, k = guard.shape
+        first = self.iteration_ - n + 1
+        for i in range(n):
+            reason = self._guard_reason(dict(zip(_GUARD, values[i * k:(i + 1) * k], strict=True)))
+            if reason is not None:
+                return first + i, reason
+        if not (values[-2] and values[-1]):
+            what = "the network parameters" if not values[-2] else "the persistent chains"
+            return self.iteration_, f"{what} hold NaN or inf values"
+        return None
+
+    def _guard_reason(self, g: dict[str, float]) -> str | None:
+        """What went out of range in one iteration's guard record, or None."""
+        c = self.config
+        if not g["energies_finite"] or not math.isfinite(g["abs_mean_energy"]):
+            return "the energies are NaN or infinite"
+        if g["abs_mean_energy"] > c.max_abs_energy:
+            return (f"|mean energy| = {g['abs_mean_energy']:.4g} exceeds trainer.max_abs_energy"
+                    f" = {c.max_abs_energy:.4g}")
+        if not math.isfinite(g["energy_grad_norm"]):
+            return "the energy's gradient is NaN or infinite"
+        if g["energy_grad_norm"] > c.max_grad_norm:
+            return (f"the energy's gradient norm {g['energy_grad_norm']:.4g} exceeds "
+                    f"trainer.max_grad_norm = {c.max_grad_norm:.4g}")
+        if not (math.isfinite(g["flow_loss"]) and math.isfinite(g["flow_grad_norm"])):
+            return "the flow's loss or gradient is NaN or infinite"
+        if not g["negatives_finite"]:
+            return "the chains (negatives) hold NaN or infinite values"
+        return None
+
+    def _parameters(self) -> list[Tensor]:
+        return [*self.energy.parameters(), *self.flow.parameters()]
+
+    def _snapshot(self) -> dict[str, Any]:
+        """An in-memory copy of everything `fit` changes (no randomness is drawn)."""
+        def tensors(sd: dict) -> dict:
+            return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+                    for k, v in sd.items()}
+        return {
+            "energy": tensors(self.energy.state_dict()),
+            "flow": tensors(self.flow.state_dict()),
+            "opt_energy": copy.deepcopy(self.opt_energy.state_dict()),
+            "opt_flow": copy.deepcopy(self.opt_flow.state_dict()),
+            "generator": self.generator.get_state(),
+            "pool": None if self.pool_ is None else self.pool_.clone(),
+            "order": self._order,  # replaced, never modified in place
+            "cursor": self._cursor,
+            "iteration": self.iteration_,
+            "history": {k: len(v) for k, v in self.history_.items() if k != "restarts"},
+        }
+
+    def _restore(self, good: dict[str, Any]) -> None:
+        self.energy.load_state_dict(good["energy"])
+        self.flow.load_state_dict(good["flow"])
+        # The optimizers keep the tensors they are given: copies, so the snapshot stays intact.
+        self.opt_energy.load_state_dict(copy.deepcopy(good["opt_energy"]))
+        self.opt_flow.load_state_dict(copy.deepcopy(good["opt_flow"]))
+        self.generator.set_state(good["generator"])
+        self.pool_ = None if good["pool"] is None else good["pool"].clone()
+        self._order, self._cursor = good["order"], good["cursor"]
+        self.iteration_ = good["iteration"]
+        for key in list(self.history_):
+            if key == "restarts":
+                continue
+            if key in good["history"]:
+                del self.history_[key][good["history"][key]:]
+            else:
+                del self.history_[key]
+        self._pending = []
+
+    def _restart(self, iteration: int, reason: str) -> None:
+        """Back to the last good state with lower learning rates, or `TrainingDivergedError`."""
+        c, good = self.config, self._good
+        restarts = self.history_.get("restarts", [])
+        lr_energy = self.opt_energy.param_groups[0]["lr"]
+        lr_flow = self.opt_flow.param_groups[0]["lr"]
+        self._restore(good)
+        if len(restarts) >= c.max_restarts:
+            tried = (f"after {len(restarts)} restart(s) from the last good state with learning "
+                     f"rates lowered to lr_energy={lr_energy:.3g}, lr_flow={lr_flow:.3g}"
+                     if restarts else "with trainer.max_restarts = 0")
+            raise TrainingDivergedError(
+                f"training diverged at iteration {iteration}: {reason} ({tried}); the trainer is "
+                f"back at iteration {good['iteration']}, its last good state. Try smaller "
+                f"trainer.lr_energy / trainer.lr_flow or trainer.step_size, a positive "
+                f"trainer.energy_l2, or more trainer.max_restarts")
+        lr_energy, lr_flow = lr_energy * c.restart_lr_factor, lr_flow * c.restart_lr_factor
+        for group in self.opt_energy.param_groups:
+            group["lr"] = lr_energy
+        for group in self.opt_flow.param_groups:
+            group["lr"] = lr_flow
+        self.history_["restarts"] = [*restarts, {
+            "iteration": iteration, "restored_to": good["iteration"], "reason": reason,
+            "lr_energy": lr_energy, "lr_flow": lr_flow}]
 
     def _sampler_name(self) -> str:
         return self.sampler if isinstance(self.sampler, str) else "custom"
@@ -418,6 +598,7 @@ class JointTrainer:
         terms = contrastive_loss(e_pos, e_neg, c.energy_l2)
         self.opt_energy.zero_grad(set_to_none=True)
         terms.loss.backward()
+        grad_energy = _grad_norm(self.energy)
         self.opt_energy.step()
 
         # NT-EBM fits its flow to the data; flowMC-EBM (and the PCD baselines, whose kernels
@@ -426,14 +607,22 @@ class JointTrainer:
         log_q = self.flow().log_prob(torch.cat([batch, negatives]))
         nll_data = -log_q[:batch.shape[0]].mean()
         nll_neg = -log_q[batch.shape[0]:].mean()
+        flow_loss = nll_data if fit_data else nll_neg
         self.opt_flow.zero_grad(set_to_none=True)
-        (nll_data if fit_data else nll_neg).backward()
+        flow_loss.backward()
+        grad_flow = _grad_norm(self.flow)
         self.opt_flow.step()
 
         record = {"loss_energy": terms.loss.detach(), "energy_gap": terms.gap.detach(),
                   "energy_pos": e_pos.detach().mean(), "energy_neg": e_neg.detach().mean(),
                   "flow_nll_neg": nll_neg.detach(), "flow_nll_data": nll_data.detach(),
                   "local_accept": local, "global_accept": globl}
+        e = energies.detach()
+        # Device-side only; read at the next check (see `fit`), never here.
+        record["guard"] = torch.stack([v.to(torch.float64) for v in (
+            torch.maximum(e_pos.detach().mean().abs(), e_neg.detach().mean().abs()),
+            grad_energy, flow_loss.detach(), grad_flow,
+            torch.isfinite(e).all(), torch.isfinite(negatives).all())])
         if target is not None:
             labels = target.assign(self.pool_)
             record["neg_mode_weights"] = torch.bincount(
@@ -450,7 +639,7 @@ class JointTrainer:
         h.setdefault("iteration", []).extend(range(first, self.iteration_ + 1))
         h.setdefault("elapsed", []).extend([self._elapsed] * n)
         for key in self._pending[0]:
-            if key == "eval":
+            if key in ("eval", "guard"):
                 continue
             h.setdefault(key, []).extend(torch.stack([r[key] for r in self._pending]).tolist())
         for i, record in enumerate(self._pending):
@@ -501,7 +690,36 @@ class JointTrainer:
             >>> JointTrainer.load(path).iteration_
             0
         """
+        self._refuse_non_finite(path)
         return save_checkpoint(self.state_dict(), path, kind=_CHECKPOINT_KIND)
+
+    def _save_numbered(self, directory: str | Path) -> Path:
+        """``iter-NNNNNN.pt`` in ``directory``, ``last.pt`` pointed at it, old ones pruned."""
+        self._refuse_non_finite(checkpoint_path(directory, self.iteration_))
+        path = write_numbered_checkpoint(self.state_dict(), directory, self.iteration_,
+                                         _CHECKPOINT_KIND, self.config.keep_checkpoints,
+                                         newer_than=self._resumed_at)
+        self._resumed_at = None
+        return path
+
+    def _refuse_non_finite(self, path: str | Path) -> None:
+        """A checkpoint never holds NaN or inf weights, optimizer moments or chains."""
+        parts: list[tuple[str, Any]] = [
+            *((f"energy.{k}", v) for k, v in self.energy.state_dict().items()),
+            *((f"flow.{k}", v) for k, v in self.flow.state_dict().items()),
+            ("pool", self.pool_)]
+        for name, opt in (("opt_energy", self.opt_energy), ("opt_flow", self.opt_flow)):
+            for i, state in opt.state_dict()["state"].items():
+                parts.extend((f"{name}.state.{i}.{k}", v) for k, v in state.items())
+        tensors = [(k, v) for k, v in parts if isinstance(v, Tensor) and v.is_floating_point()]
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(v).all() for _, v in tensors]).tolist()
+        bad = [k for (k, _), ok in zip(tensors, finite, strict=True) if not ok]
+        if bad:
+            raise ValueError(f"refusing to write checkpoint {path}: {', '.join(bad[:3])}"
+                             f"{' and more' if len(bad) > 3 else ''} hold NaN or inf values "
+                             f"(a diverged model); existing checkpoints are left as they were")
 
     @classmethod
     def load(cls, path: str | Path, energy: nn.Module | None = None,
@@ -559,6 +777,19 @@ class JointTrainer:
         trainer.history_ = state["history"]
         return trainer
 
+    @classmethod
+    def load_latest(cls, directory: str | Path, **kwargs: Any) -> JointTrainer:
+        """`load` the newest checkpoint of ``directory`` that reads (see `latest_checkpoint`)."""
+        return cls.load(latest_checkpoint(directory, _CHECKPOINT_KIND), **kwargs)
+
     def __repr__(self) -> str:
         return (f"JointTrainer(sampler={self._sampler_name()!r}, dim={self.dim}, "
                 f"iteration={self.iteration_}, kernel={self.kernel!r})")
+
+
+def _grad_norm(module: nn.Module) -> Tensor:
+    """The 2-norm of all of ``module``'s gradients, on the device (no host sync)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=next(module.parameters()).device)
+    return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
