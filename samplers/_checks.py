@@ -98,14 +98,24 @@ def evaluate(log_prob: LogProb, x: Tensor, grad: bool) -> tuple[Tensor, Tensor |
     return lp.detach(), g
 
 
-def check_initial(lp: Tensor, name: str = "x0") -> None:
-    """Chains must start where the density is positive and finite (one host sync, at init only)."""
+def check_initial(lp: Tensor, name: str = "x0", grad: Tensor | None = None) -> None:
+    """Chains must start where the density is positive and finite, and so is its gradient when the
+    kernel uses one: from a NaN gradient every proposal is NaN, so the chain could never move.
+    (One host sync, at init only.)"""
     bad = ~torch.isfinite(lp)
     if bool(bad.any()):
         raise ValueError(
             f"log_prob({name}) is not finite for {int(bad.sum())} of {lp.shape[0]} chains "
             f"(first at chain {int(bad.nonzero()[0, 0])}); start chains where the density is positive"
         )
+    if grad is not None:
+        bad = ~torch.isfinite(grad).flatten(1).all(1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"the gradient of log_prob at {name} is not finite for {int(bad.sum())} of "
+                f"{lp.shape[0]} chains (first at chain {int(bad.nonzero()[0, 0])}); start chains "
+                "where the log-density is differentiable"
+            )
 
 
 def initial_state(log_prob: LogProb, x: Tensor, step_size: float | Tensor | None = None,
@@ -114,5 +124,5 @@ def initial_state(log_prob: LogProb, x: Tensor, step_size: float | Tensor | None
     and per-chain step sizes when the kernel has one."""
     x = check_positions(x)
     lp, g = evaluate(log_prob, x, grad=grad)
-    check_initial(lp)
+    check_initial(lp, grad=g)
     return State(x, lp, g, None if step_size is None else per_chain(step_size, x))

@@ -16,7 +16,7 @@ from torch.distributions import Distribution
 
 from ._checks import check_log_prob_fn, check_positive_int, evaluate, initial_state
 from .base import Info, Kernel, LogProb, State
-from .proposal import event_view, mh_accept
+from .proposal import event_view, finite_rows, mh_accept
 
 Proposal = Distribution | Callable[[], Distribution]
 
@@ -104,6 +104,10 @@ class IndependentMH(Kernel):
         # A chain that carries a gradient (FlowMC's local MALA) gets it in the same pass.
         lp, g = evaluate(self.log_prob, y, grad=state.grad is not None)
         log_ratio = lp - state.log_prob + log_q_x - log_q_y
+        if g is not None:
+            # A chain whose kernel needs gradients must never land where the gradient is not
+            # finite (its next local step would be NaN): that is outside the support, a rejection.
+            log_ratio = torch.where(finite_rows(g), log_ratio, torch.nan)
         accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
         new = _move(state, y, lp, g, accepted)
         return new, Info(accept_prob, accepted, None, invalid)
@@ -171,10 +175,18 @@ class ISIR(Kernel):
         # Gradients only at the n chosen points, not at all k * n candidates; a chain that stayed
         # keeps its own (torch.where below), so the batch needs no host sync to skip it.
         g_new = None if state.grad is None else evaluate(self.log_prob, x_new, grad=True)[1]
+        invalid = (~valid).sum(0).to(torch.int32)
+        if g_new is not None:
+            # A chosen point whose gradient is not finite is refused (the chain stays) and counted:
+            # as in MALA, such points are outside the support. Refusing after the choice keeps
+            # i-SIR reversible with respect to the target restricted to finite gradients, because
+            # the other candidates' weights enter the choice symmetrically in x and the new point.
+            bad_grad = moved & ~finite_rows(g_new)
+            moved = moved & ~bad_grad
+            invalid = invalid + bad_grad.to(torch.int32)
         new = _move(state, x_new, lp_new, g_new, moved)
         ess = 1.0 / probs.square().sum(0)
-        info = Info(1.0 - probs[0], moved, None, (~valid).sum(0).to(torch.int32),
-                    {"isir_ess": ess})
+        info = Info(1.0 - probs[0], moved, None, invalid, {"isir_ess": ess})
         return new, info
 
     def __repr__(self) -> str:
