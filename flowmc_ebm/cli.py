@@ -1,8 +1,12 @@
 """``flowmc-ebm`` command line: one subcommand per module in `flowmc_ebm.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors a user can cause (a missing file, a bad flag, an unknown target) end with one clear line and
-a non-zero exit; ``--debug`` shows the traceback.
+Errors a user can cause (a missing file, a bad flag, an unknown target, an output path that cannot
+be written, a run that diverged) end with exactly one line on stderr and a non-zero exit;
+``--debug`` (before or after the subcommand) shows the traceback instead.
+
+Exit codes: 0 success; 2 a usage or input error (bad flag, file, config); 3 training diverged;
+1 an unexpected internal error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,8 +14,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
-COMMANDS = ("demo", "train", "sample", "diagnose", "bench")
+COMMANDS = ("demo", "train", "sample", "diagnose")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``flowmc-ebm train: error: ... (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
 
 
 def _available() -> dict[str, object]:
@@ -26,29 +42,51 @@ def _available() -> dict[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowmc-ebm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="flowmc-ebm", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in _available().items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse's own exits included)."""
+    from flowmc_ebm.trainer import TrainingDivergedError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed on one line
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    where = f"flowmc-ebm {args.command}"
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("flowmc-ebm: interrupted", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
+    except TrainingDivergedError as err:
+        if args.debug:
+            raise
+        print(f"{where}: error: {_one_line(err)}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, OSError) as err:
         if args.debug:
             raise
-        print(f"flowmc-ebm {args.command}: error: {err}", file=sys.stderr)
+        print(f"{where}: error: {_one_line(err) or type(err).__name__}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: still one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"{where}: internal error: {type(err).__name__}: {_one_line(err)} (rerun with "
+              f"--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 import zuko
 
 import samplers
+from flowmc_ebm.commands import make_output_directory
 from flowmc_ebm.commands.train import make_data, train_run, write_json
 from flowmc_ebm.config import RunConfig, TrainerConfig
 from flowmc_ebm.evaluation import landscape_figure, weight_figure
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     iterations = args.iterations if args.iterations is not None else (60 if args.quick else 2000)
     if iterations < 1:
         raise ValueError(f"--iterations must be >= 1; received {iterations}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_output_directory(args.out)
     # Batches of a few hundred 2-D points gain nothing from intra-op threads, and on a busy
     # machine spinning threads cost several times the work itself.
     torch.set_num_threads(1)

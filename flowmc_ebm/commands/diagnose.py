@@ -19,16 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import samplers
+    from flowmc_ebm.commands import make_output_directory
     from flowmc_ebm.diagnostics import report
     from flowmc_ebm.targets import get_target
 
     path = Path(args.trace)
     if not path.is_file():
-        raise ValueError(f"no trace file at {path}")
-    trace = samplers.Trace.load(path)
+        raise FileNotFoundError(f"no trace file at {path}")
     target = None
-    if args.target is not None:
+    if args.target is not None:  # before the (slow) work, like the output directory
         target = get_target(args.target, **({"dim": args.dim} if args.dim else {}))
+    trace = samplers.Trace.load(path)
+    if args.out:
+        make_output_directory(args.out)
+    if target is not None:
         if target.dim != trace.samples[0, 0].numel():
             raise ValueError(f"target {args.target} has dimension {target.dim}; the trace's draws "
                              f"have shape {tuple(trace.event_shape)}")

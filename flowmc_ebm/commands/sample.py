@@ -43,11 +43,10 @@ def build_kernel(name: str, log_prob, dim: int, step_size: float):
 
 def run(args: argparse.Namespace) -> int:
     import samplers
+    from flowmc_ebm.commands import check_output_file
     from flowmc_ebm.targets import get_target
 
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise ValueError(f"output directory {out.parent} does not exist")
+    out = check_output_file(Path(args.out))
     target = get_target(args.target, **({"dim": args.dim} if args.dim else {}))
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)

@@ -3,13 +3,17 @@
 Output directory layout::
 
     OUT/config.json          the resolved RunConfig
-    OUT/checkpoints/last.pt  the trainer, rewritten atomically every checkpoint_every iterations
+    OUT/checkpoints/iter-NNNNNN.pt  the trainer every checkpoint_every iterations (atomic writes;
+                             the trainer.keep_checkpoints newest are kept)
+    OUT/checkpoints/last.pt  the newest of them
     OUT/history.json         per-iteration losses, acceptance, mode weights (NaN as null)
     OUT/summary.json         the last-quarter numbers (weight, error, acceptance, R̂, wall time)
     OUT/landscape.png        the target's and the EBM's densities, with the persistent chains
     OUT/weights.png          the EBM's weight of one mode against the iteration
 
-A directory that already holds a run is never written over: ``--resume`` continues it.
+A directory that already holds a run is never written over: ``--resume`` continues it from the
+newest checkpoint that reads (a truncated or corrupt newer one is named on stderr and skipped).
+A run killed before its first checkpoint resumes from the start.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flowmc_ebm.checkpoint import LATEST, latest_checkpoint, list_checkpoints
+from flowmc_ebm.commands import make_output_directory
 from flowmc_ebm.config import SAMPLERS, TARGETS, RunConfig, load_config, parse_overrides
 from flowmc_ebm.evaluation import (
     ChainSnapshots,
@@ -36,7 +43,7 @@ from flowmc_ebm.trainer import JointTrainer
 
 HELP = "train an EBM (flowMC-EBM, ULA-PCD, MALA-PCD or NT-EBM) on a known target"
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+CHECKPOINT = Path("checkpoints") / LATEST
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,30 +129,49 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
 
     Raises:
         ValueError: ``out`` already holds a run and ``resume`` is False, or ``resume`` is True
-            and there is no run to continue (nothing is written in either case).
+            and there is no run to continue, or no checkpoint of it reads (nothing is written in
+            any of these cases).
+        OSError: ``out`` cannot be created or written.
+        TrainingDivergedError: training diverged beyond ``trainer.max_restarts`` restarts; the
+            checkpoints written before are good.
     """
-    checkpoint = out / CHECKPOINT if out is not None else None
-    if out is not None and not resume and checkpoint.exists():
-        raise ValueError(f"{out} already holds a run ({checkpoint}); pass --resume to continue "
+    directory = out / CHECKPOINT.parent if out is not None else None
+    has_checkpoint = directory is not None and bool(
+        list_checkpoints(directory) or (directory / LATEST).exists())
+    if out is not None and not resume and has_checkpoint:
+        raise ValueError(f"{out} already holds a run ({directory}); pass --resume to continue "
                          "it or choose another --out")
-    if resume and (checkpoint is None or not checkpoint.exists()):
-        raise ValueError(f"nothing to resume: {checkpoint} does not exist")
-    target, data = make_data(config)
+    if resume and not has_checkpoint:
+        if out is None or not (out / "config.json").is_file():
+            raise ValueError(f"nothing to resume: no checkpoint in {directory}")
+        print(f"warning: no checkpoint in {directory} yet: the run starts again from "
+              f"iteration 0", file=sys.stderr)
+        resume = False
+    checkpoint = None
     if resume:
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            checkpoint = latest_checkpoint(directory)
+        for warning in skipped:
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if out is not None:
+        make_output_directory(out)
+    target, data = make_data(config)
+    if checkpoint is not None:
         trainer = JointTrainer.load(checkpoint)
+        print(f"resuming from {checkpoint} (iteration {trainer.iteration_})", flush=True)
     else:
         trainer = JointTrainer.from_config(target.dim, config.sampler, config.model,
                                            config.trainer)
     remaining = config.n_iterations - trainer.iteration_
     snapshots = ChainSnapshots(snapshot_chains)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config.to_dict())
     start = time.perf_counter()
     if remaining > 0:
         trainer.fit(data, n_iterations=remaining, target=target,
                     callbacks=(snapshots, *callbacks),
-                    checkpoint_dir=None if out is None else out / CHECKPOINT.parent,
+                    checkpoint_dir=directory,
                     checkpoint_every=config.checkpoint_every, progress=progress)
     wall = time.perf_counter() - start
     mode = focus_mode(target)
@@ -197,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
                              "--epochs or --iterations may change")
         if not saved.exists():
             raise ValueError(f"nothing to resume: {saved} does not exist")
-        config = RunConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+        try:
+            config = RunConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise type(err)(f"{saved}: not a readable run config: {err}") from None
         length = {}
         if args.iterations is not None:
             length = {"iterations": args.iterations}
@@ -206,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(length) if length else config
     else:
         config = config_from_args(args)
+    # stdout: stderr is kept for warnings and the one line of an error.
     print(f"training {config.sampler}-EBM on {config.target}: {config.n_iterations} iterations "
-          f"-> {args.out}", file=sys.stderr)
+          f"-> {args.out}", flush=True)
     _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress)
     print(f"{config.sampler}-EBM: {format_summary(summary)}")
     return 0
