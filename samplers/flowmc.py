@@ -11,7 +11,14 @@ from torch import Tensor, nn
 
 from ._checks import check_log_prob_fn, check_positive_int, check_step_size
 from .base import Info, Kernel, LogProb, State
-from .independent import ISIR, IndependentMH, Proposal, check_proposal, resolve
+from .independent import (
+    ISIR,
+    IndependentMH,
+    Proposal,
+    check_proposal,
+    check_proposal_matches,
+    resolve,
+)
 from .mala import MALA
 
 
@@ -97,9 +104,12 @@ class FlowMC(Kernel):
         self.flow_lr, self.train_steps = flow_lr, train_steps
         self.batch_size, self.replay_steps = batch_size, replay_steps
         self.flow_losses: Tensor | None = None
+        self._matched: tuple | None = None
 
     def init(self, x: Tensor) -> State:
-        return self.local.init(x)
+        state = self.local.init(x)
+        self._matched = check_proposal_matches(self.flow, state.x, self._matched)
+        return state
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         zero = torch.zeros_like(state.log_prob)

@@ -37,6 +37,30 @@ def resolve(proposal: Proposal) -> Distribution:
     return dist
 
 
+def check_proposal_matches(proposal: Proposal, x: Tensor, checked: tuple | None) -> tuple:
+    """The proposal must draw events of ``x``'s shape, dtype and device: one draw tells, taken with
+    the global RNG forked so the run's randomness is untouched. ``checked`` is what an earlier call
+    accepted; the same again is not redrawn (a trainer re-inits its chains every iteration).
+
+    Returns:
+        the accepted ``(event shape, dtype, device)``, to pass back as ``checked`` next time.
+    """
+    key = (x.shape[1:], x.dtype, x.device)
+    if key == checked:
+        return key
+    dist = resolve(proposal)
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        y = dist.sample((1,))
+    if y.shape[1:] != x.shape[1:]:
+        raise ValueError(f"the proposal's events must have the chains' event shape "
+                         f"{tuple(x.shape[1:])}; it draws {tuple(y.shape[1:])}")
+    if y.dtype != x.dtype or y.device != x.device:
+        raise TypeError(f"the proposal must draw on the chains' dtype and device ({x.dtype}, "
+                        f"{x.device}); it draws ({y.dtype}, {y.device}). Move one to the other, "
+                        "e.g. flow.to(x0) or x0.to(dtype)")
+    return key
+
+
 def draw(proposal: Proposal, shape: tuple[int, ...],
          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Draw ``shape`` points and their proposal log-density, without gradients.
@@ -92,9 +116,12 @@ class IndependentMH(Kernel):
         check_proposal(proposal)
         self.log_prob = log_prob
         self.proposal = proposal
+        self._matched: tuple | None = None
 
     def init(self, x: Tensor) -> State:
-        return initial_state(self.log_prob, x, grad=False)
+        state = initial_state(self.log_prob, x, grad=False)
+        self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
+        return state
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n = state.x.shape[0]
@@ -145,9 +172,12 @@ class ISIR(Kernel):
         self.log_prob = log_prob
         self.proposal = proposal
         self.n_particles = n_particles
+        self._matched: tuple | None = None
 
     def init(self, x: Tensor) -> State:
-        return initial_state(self.log_prob, x, grad=False)
+        state = initial_state(self.log_prob, x, grad=False)
+        self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
+        return state
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n, k = state.x.shape[0], self.n_particles

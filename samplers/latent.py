@@ -17,7 +17,7 @@ from torch.distributions import ComposeTransform, Distribution, TransformedDistr
 
 from ._checks import check_initial, check_log_prob_fn, check_positions
 from .base import Info, Kernel, LogProb, State
-from .independent import Proposal, check_proposal, resolve
+from .independent import Proposal, check_proposal, check_proposal_matches, resolve
 from .mala import MALA
 
 
@@ -92,6 +92,7 @@ class Latent(Kernel):
         check_proposal(flow)
         self.log_prob = log_prob
         self.flow = flow
+        self._matched: tuple | None = None
         factory = kernel_factory if kernel_factory is not None else (lambda lp: MALA(lp, 0.1))
         self.inner = factory(self.latent_log_prob)
         if not isinstance(self.inner, Kernel):
@@ -112,6 +113,7 @@ class Latent(Kernel):
 
     def init(self, x: Tensor) -> LatentState:
         x = check_positions(x)
+        self._matched = check_proposal_matches(self.flow, x, self._matched)
         with torch.no_grad():
             _, inverse = pushforward(resolve(self.flow))
             z = inverse(x)
