@@ -103,7 +103,8 @@ def load_checkpoint(path: str | Path, kind: str, map_location: Any = "cpu") -> d
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            KeyError, AttributeError, IndexError, UnicodeDecodeError) as err:
+            KeyError, AttributeError, IndexError, UnicodeDecodeError, OSError) as err:
+        # OSError too: a truncated zip archive can make the reader seek outside the file.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a readable flowmc-ebm checkpoint (truncated, corrupt "
                          f"or holding pickled objects): {first}") from None
