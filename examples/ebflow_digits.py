@@ -42,6 +42,7 @@ from flowmc_ebm.ebflow import (  # noqa: E402
     EBFlowTrainer,
     LogitTransform,
     bits_per_dim,
+    conv_ebflow,
     coupling_ebflow,
     dequantize,
     fully_connected_ebflow,
@@ -94,10 +95,13 @@ def held_out_hyvarinen(model: EBFlow, test: torch.Tensor) -> tuple[float, float]
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
 
+MODELS = {"fc": lambda: fully_connected_ebflow(64), "conv": lambda: conv_ebflow((1, 8, 8), 3, blocks=3)}
+
+
 def run_digits(objective: str, steps: int, train: torch.Tensor, test: torch.Tensor,
-               seed: int) -> tuple[dict, EBFlow]:
+               seed: int, model_name: str = "fc") -> tuple[dict, EBFlow]:
     torch.manual_seed(seed)
-    trainer = EBFlowTrainer(fully_connected_ebflow(64), objective, lr=1e-3, sigma=0.05, xi=1e-2)
+    trainer = EBFlowTrainer(MODELS[model_name](), objective, lr=1e-3, sigma=0.05, xi=1e-2)
 
     def batches(n: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(train), (n,), generator=generator)
@@ -110,7 +114,8 @@ def run_digits(objective: str, steps: int, train: torch.Tensor, test: torch.Tens
     nll = digits_nll(model, test)
     hyvarinen, hyvarinen_se = held_out_hyvarinen(model, test)
     return {
-        "objective": objective, "steps": steps, "seconds": seconds, "steps_per_second": steps / seconds,
+        "model": model_name, "objective": objective, "steps": steps, "seconds": seconds,
+        "steps_per_second": steps / seconds,
         "test_nll": nll, "test_bits_per_dim": bits_per_dim(nll, 64),
         "train_nll": digits_nll(model, train[:300]),
         "held_out_hyvarinen": hyvarinen, "held_out_hyvarinen_se": hyvarinen_se,
@@ -153,10 +158,15 @@ def samples_figure(models: dict[str, EBFlow], path: Path) -> None:
     plt.close(fig)
 
 
+def _versus(value: float, reference: dict | None) -> str:
+    return "—" if reference is None else f"{100 * (value / reference['test_nll'] - 1):+.1f}%"
+
+
 def markdown(digits: list[dict], gaussian: float, toy: list[dict], toy_entropy: float) -> str:
-    ml = next(r for r in digits if r["objective"] == "ml")
+    ml = next((r for r in digits if r["objective"] == "ml"), None)
+    model = {"fc": "fully connected", "conv": "convolutional"}[digits[0]["model"]] if digits else ""
     lines = [
-        "Digits (8×8, D = 64), fully connected EBFlow, held-out NLL of the dequantized images "
+        f"Digits (8×8, D = 64), {model} EBFlow, held-out NLL of the dequantized images "
         "(EMA weights).",
         "",
         "| objective | test NLL (nats) | bits/dim | vs ML | train NLL | held-out Hyvärinen J "
@@ -167,12 +177,14 @@ def markdown(digits: list[dict], gaussian: float, toy: list[dict], toy_entropy: 
         paper = PAPER_MNIST[r["objective"]]
         lines.append(
             f"| {r['objective']} | {r['test_nll']:.1f} | {r['test_bits_per_dim']:.3f} | "
-            f"{100 * (r['test_nll'] / ml['test_nll'] - 1):+.1f}% | {r['train_nll']:.1f} | "
+            f"{_versus(r['test_nll'], ml)} | {r['train_nll']:.1f} | "
             f"{r['held_out_hyvarinen']:.1f} ± {r['held_out_hyvarinen_se']:.1f} | "
             f"{r['steps_per_second']:.0f} | {paper[0]} / {paper[1]} |")
     lines += [f"| Gaussian (ML, logit space) | {gaussian:.1f} | {bits_per_dim(gaussian, 64):.3f} | "
-              f"{100 * (gaussian / ml['test_nll'] - 1):+.1f}% | | | | |", ""]
-    ml_toy = next(r for r in toy if r["objective"] == "ml")
+              f"{_versus(gaussian, ml)} | | | | |", ""]
+    if not toy:
+        return "\n".join(lines) + "\n"
+    ml_toy = next((r for r in toy if r["objective"] == "ml"), None)
     lines += [f"2-D toy (two overlapping Gaussians, weights 0.3 / 0.7), coupling EBFlow; data "
               f"entropy {toy_entropy:.3f} nats.", "",
               "| objective | test NLL (nats) | bits/dim | vs ML | weights by quadrature |",
@@ -180,7 +192,7 @@ def markdown(digits: list[dict], gaussian: float, toy: list[dict], toy_entropy: 
     for r in toy:
         weights = " / ".join(f"{w:.3f}" for w in r["weights"])
         lines.append(f"| {r['objective']} | {r['test_nll']:.3f} | {r['test_bits_per_dim']:.3f} | "
-                     f"{100 * (r['test_nll'] / ml_toy['test_nll'] - 1):+.1f}% | {weights} |")
+                     f"{_versus(r['test_nll'], ml_toy)} | {weights} |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,20 +201,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8000, help="digits training steps")
     parser.add_argument("--toy-steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=sorted(MODELS), default="fc",
+                        help="fc: dense 64x64 -> smooth leaky ReLU -> dense; conv: conv_ebflow (1, 8, 8)")
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    parser.add_argument("--skip-toy", action="store_true", help="digits only")
     parser.add_argument("--out", type=Path, default=Path("out/ebflow_digits"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     train, test = digits_split()
     digits, models = [], {}
-    for objective in OBJECTIVES:
-        result, models[objective] = run_digits(objective, args.steps, train, test, args.seed)
+    for objective in args.objectives:
+        result, models[objective] = run_digits(objective, args.steps, train, test, args.seed,
+                                               args.model)
         digits.append(result)
         print(f"digits {objective:>6}: test NLL {result['test_nll']:.1f} nats "
               f"({result['test_bits_per_dim']:.3f} bits/dim), {result['seconds']:.0f} s", flush=True)
     gaussian = gaussian_reference(train, test)
     toy = []
-    for objective in OBJECTIVES:
+    for objective in [] if args.skip_toy else OBJECTIVES:
         toy.append(run_toy(objective, args.toy_steps, args.seed))
         print(f"toy    {objective:>6}: test NLL {toy[-1]['test_nll']:.3f} nats, "
               f"{toy[-1]['seconds']:.0f} s", flush=True)

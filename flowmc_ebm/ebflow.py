@@ -3,8 +3,9 @@
 Chao et al. (NeurIPS 2023, "Training Energy-Based Normalizing Flow with Score-Matching
 Objectives"). A flow ``g`` maps data to a standard normal latent. Its layers are either
 
-- *linear* (:class:`LinearLayer`, here :class:`Dense`, ``x ↦ Wx + b``): ``log|det J|`` does not
-  depend on ``x``, so it is a constant of the density; or
+- *linear* (:class:`LinearLayer`: :class:`Dense` ``x ↦ Wx + b``, the ``k × k`` convolution
+  :class:`Conv2dLinear`, the ``1 × 1`` convolution :class:`Conv1x1`, the :class:`Squeeze`
+  permutation): ``log|det J|`` does not depend on ``x``, so it is a constant of the density; or
 - *nonlinear* (:class:`NonlinearLayer`: :class:`SmoothLeakyReLU`, :class:`AffineCoupling`), whose
   log-determinants are cheap (elementwise or triangular).
 
@@ -48,6 +49,8 @@ from .objectives.score_matching import OBJECTIVES, score_matching_loss
 
 __all__ = [
     "AffineCoupling",
+    "Conv1x1",
+    "Conv2dLinear",
     "Dense",
     "EBFlow",
     "EBFlowTrainer",
@@ -56,8 +59,10 @@ __all__ = [
     "LogitTransform",
     "NonlinearLayer",
     "SmoothLeakyReLU",
+    "Squeeze",
     "TRAINING_OBJECTIVES",
     "bits_per_dim",
+    "conv_ebflow",
     "coupling_ebflow",
     "dequantize",
     "fully_connected_ebflow",
@@ -122,6 +127,137 @@ class Dense(LinearLayer):
 
     def inverse(self, y: Tensor) -> Tensor:
         return torch.linalg.solve(self.weight, (y - self.bias).mT).mT
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be (channels, height, width); received {tuple(shape)!r}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+class Conv2dLinear(LinearLayer):
+    """A ``k × k`` convolution (zero padding, stride 1, channels in = out) on flattened images.
+
+    ``x`` of shape ``[n, C·H·W]`` is read as ``[n, C, H, W]``. The layer is the linear map
+    ``x ↦ Mx + b`` with a ``D × D`` matrix ``M`` (``D = C·H·W``), so its log-determinant does not
+    depend on ``x`` and goes to the normalizer. It is computed *exactly*, with no structural
+    restriction on the kernel: :meth:`dense` builds ``M`` by pushing the ``D`` basis vectors through
+    the convolution (one batched convolution), then ``slogdet`` (``O(D³)``). EBFlow calls it only
+    when the normalizer is needed — every step under maximum likelihood, once per parameter change
+    (cached) when score matching — which is affordable for small images (``D = 64`` here) and is the
+    price of an unrestricted kernel. The inverse solves with ``M``.
+
+    The kernel starts as the identity (a centred delta per channel).
+
+    Args:
+        shape: ``(C, H, W)``.
+        kernel_size: Odd ``k``.
+
+    Example:
+        >>> layer = Conv2dLinear((1, 3, 3))
+        >>> torch.equal(layer.dense(), torch.eye(9))
+        True
+    """
+
+    def __init__(self, shape: Sequence[int], kernel_size: int = 3) -> None:
+        super().__init__()
+        self.shape = _check_shape(shape)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive; received {kernel_size!r}")
+        channels = self.shape[0]
+        weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+        weight[range(channels), range(channels), kernel_size // 2, kernel_size // 2] = 1.0
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def _conv(self, x: Tensor) -> Tensor:
+        images = x.reshape(x.shape[0], *self.shape)
+        out = nn.functional.conv2d(images, self.weight, padding=self.weight.shape[-1] // 2)
+        return out.flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias.repeat_interleave(self.shape[1] * self.shape[2])
+        return self._conv(x) + bias
+
+    def dense(self) -> Tensor:
+        """The ``D × D`` matrix ``M`` of the convolution (bias excluded)."""
+        dim = self.shape[0] * self.shape[1] * self.shape[2]
+        basis = torch.eye(dim, dtype=self.weight.dtype, device=self.weight.device)
+        return self._conv(basis).mT  # row i of conv(basis) is M e_i, column i of M
+
+    def log_abs_det(self) -> Tensor:
+        return torch.linalg.slogdet(self.dense()).logabsdet
+
+    def inverse(self, y: Tensor) -> Tensor:
+        bias = self.bias.repeat_interleave(self.shape[1] * self.shape[2])
+        return torch.linalg.solve(self.dense(), (y - bias).mT).mT
+
+
+class Conv1x1(LinearLayer):
+    """Glow's invertible ``1 × 1`` convolution: the same ``C × C`` matrix at every pixel.
+
+    ``log|det| = H·W·log|det W|`` in closed form (``O(C³)``). Starts at ``W = I``.
+
+    Args:
+        shape: ``(C, H, W)`` of the flattened input.
+
+    Example:
+        >>> layer = Conv1x1((2, 2, 2))
+        >>> layer.log_abs_det().item()
+        0.0
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = _check_shape(shape)
+        self.weight = nn.Parameter(torch.eye(self.shape[0]))
+        self.bias = nn.Parameter(torch.zeros(self.shape[0]))
+
+    def _mix(self, x: Tensor, matrix: Tensor) -> Tensor:
+        images = x.reshape(x.shape[0], self.shape[0], -1)
+        return (matrix @ images).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias.repeat_interleave(self.shape[1] * self.shape[2])
+        return self._mix(x, self.weight) + bias
+
+    def log_abs_det(self) -> Tensor:
+        return self.shape[1] * self.shape[2] * torch.linalg.slogdet(self.weight).logabsdet
+
+    def inverse(self, y: Tensor) -> Tensor:
+        bias = self.bias.repeat_interleave(self.shape[1] * self.shape[2])
+        return self._mix(y - bias, torch.linalg.inv(self.weight))
+
+
+class Squeeze(LinearLayer):
+    """Space-to-depth, ``(C, H, W) → (4C, H/2, W/2)``: a permutation, ``log|det| = 0``.
+
+    Args:
+        shape: ``(C, H, W)`` of the input, ``H`` and ``W`` even.
+
+    Example:
+        >>> layer = Squeeze((1, 2, 2))
+        >>> layer(torch.arange(4.0)[None]).tolist()
+        [[0.0, 1.0, 2.0, 3.0]]
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = _check_shape(shape)
+        if self.shape[1] % 2 or self.shape[2] % 2:
+            raise ValueError(f"Squeeze needs even height and width; received {self.shape}")
+        self.out_shape = (4 * self.shape[0], self.shape[1] // 2, self.shape[2] // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        images = x.reshape(x.shape[0], *self.shape)
+        return nn.functional.pixel_unshuffle(images, 2).flatten(1)
+
+    def log_abs_det(self) -> Tensor:
+        return torch.zeros(())
+
+    def inverse(self, y: Tensor) -> Tensor:
+        images = y.reshape(y.shape[0], *self.out_shape)
+        return nn.functional.pixel_shuffle(images, 2).flatten(1)
 
 
 class SmoothLeakyReLU(NonlinearLayer):
@@ -415,6 +551,40 @@ def coupling_ebflow(dim: int, blocks: int = 4, hidden: Sequence[int] = (64, 64))
     for block in range(blocks):
         layers += [Dense(dim), AffineCoupling(dim, hidden, swap=bool(block % 2))]
     return EBFlow(dim, [*layers, Dense(dim)])
+
+
+def conv_ebflow(shape: Sequence[int] = (1, 8, 8), kernel_size: int = 3, blocks: int = 3,
+                alpha: float = 0.3) -> EBFlow:
+    """A small convolutional EBFlow: ``k × k`` conv → smooth leaky ReLU, then a squeeze and
+    ``blocks − 1`` × (``1 × 1`` conv → ``k × k`` conv → smooth leaky ReLU), then a ``1 × 1`` conv.
+
+    Every linear layer's log-determinant is input-independent and only enters the normalizer: the
+    ``k × k`` convolutions' exactly, through their dense matrix (:class:`Conv2dLinear`), the
+    ``1 × 1`` convolutions' in closed form, the squeeze's is 0.
+
+    Args:
+        shape: ``(C, H, W)``, ``H`` and ``W`` even.
+        kernel_size: Odd ``k``.
+        blocks: Number of (convolution, nonlinearity) stages, ``>= 1``.
+        alpha: Left slope of the smooth leaky ReLUs.
+
+    Returns:
+        An :class:`EBFlow` on flattened images, ``D = C·H·W``; it starts as the identity map.
+
+    Example:
+        >>> model = conv_ebflow((1, 4, 4))
+        >>> model.sample(2).shape
+        torch.Size([2, 16])
+    """
+    shape = _check_shape(shape)
+    layers: list[LinearLayer | NonlinearLayer] = [Conv2dLinear(shape, kernel_size), SmoothLeakyReLU(alpha)]
+    squeeze = Squeeze(shape)
+    layers.append(squeeze)
+    for _ in range(blocks - 1):
+        layers += [Conv1x1(squeeze.out_shape), Conv2dLinear(squeeze.out_shape, kernel_size),
+                   SmoothLeakyReLU(alpha)]
+    layers.append(Conv1x1(squeeze.out_shape))
+    return EBFlow(shape[0] * shape[1] * shape[2], layers)
 
 
 class ExponentialMovingAverage:

@@ -8,6 +8,8 @@ import torch
 
 from flowmc_ebm.ebflow import (
     AffineCoupling,
+    Conv1x1,
+    Conv2dLinear,
     Dense,
     EBFlow,
     EBFlowTrainer,
@@ -15,6 +17,8 @@ from flowmc_ebm.ebflow import (
     LinearLayer,
     LogitTransform,
     SmoothLeakyReLU,
+    Squeeze,
+    conv_ebflow,
     coupling_ebflow,
     dequantize,
     fully_connected_ebflow,
@@ -41,6 +45,7 @@ def _models():
     return {
         "fully_connected": _perturbed(fully_connected_ebflow(5).double(), seed=0),
         "coupling": _perturbed(coupling_ebflow(4, blocks=2, hidden=(16,)).double(), seed=1),
+        "conv": _perturbed(conv_ebflow((2, 4, 4), blocks=2).double(), seed=11, scale=0.2),
     }
 
 
@@ -57,7 +62,7 @@ def standard_flow_log_prob(model: EBFlow, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(values)
 
 
-@pytest.mark.parametrize("name", ["fully_connected", "coupling"])
+@pytest.mark.parametrize("name", ["fully_connected", "coupling", "conv"])
 def test_exact_nll_equals_the_standard_maximum_likelihood_evaluation(name):
     model = _models()[name]
     x = torch.randn(6, model.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -67,6 +72,34 @@ def test_exact_nll_equals_the_standard_maximum_likelihood_evaluation(name):
     torch.testing.assert_close(cached, expected)
     torch.testing.assert_close(model.log_prob(x).detach(), expected)  # the in-graph ML path
     torch.testing.assert_close(-model.energy(x).detach() - model.log_normalizer().detach(), expected)
+
+
+@pytest.mark.parametrize("layer", [Conv2dLinear((2, 4, 3), 3), Conv2dLinear((1, 5, 5), 5),
+                                   Conv1x1((3, 2, 2)), Squeeze((2, 4, 2))])
+def test_convolution_log_det_and_inverse_match_the_autograd_jacobian(layer):
+    layer = _perturbed(layer.double(), seed=12, scale=0.3) if list(layer.parameters()) else layer
+    dim = math.prod(layer.shape)
+    x = torch.randn(3, dim, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(lambda p: layer(p.unsqueeze(0))[0], x[0])
+    if isinstance(layer, Conv2dLinear):
+        torch.testing.assert_close(layer.dense(), jacobian)
+        assert torch.count_nonzero(jacobian) < dim * dim  # a convolution, not a dense map
+    torch.testing.assert_close(layer.log_abs_det().double(), torch.linalg.slogdet(jacobian).logabsdet)
+    torch.testing.assert_close(layer.inverse(layer(x)), x)
+
+
+def test_conv_model_starts_at_the_identity_and_its_normalizer_is_cached():
+    model = conv_ebflow((1, 4, 4))
+    x = torch.randn(5, 16)
+    for layer in model.layers:
+        if isinstance(layer, Conv2dLinear | Conv1x1):
+            assert torch.equal(layer(x), x)
+    assert model.linear_log_det().item() == 0.0
+    model = _perturbed(model.double(), seed=14, scale=0.2)
+    with torch.no_grad():
+        first = model.log_normalizer()
+        assert model.log_normalizer() is first
+    torch.testing.assert_close(model.inverse(model.transform(x.double())[0]), x.double())
 
 
 def test_coupling_density_integrates_to_one_and_sampling_matches_it():
