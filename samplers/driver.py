@@ -61,7 +61,8 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
     With ``out``, the draws go to disk instead of memory, for runs larger than memory: the buffers
     hold one chunk of ``chunk_size`` draws, and each full chunk is written atomically to its own
     file in the directory ``out`` (see `TraceWriter`). A run killed midway leaves every completed
-    chunk readable with `open_trace`. The draws are the same as in memory for the same generator.
+    chunk readable with `open_trace`. The draws are the same as in memory for the same generator;
+    ``wall_time`` then includes the chunk writes (one CPU copy and one fsync per chunk).
 
     Args:
         kernel: any samplers kernel.
