@@ -146,6 +146,8 @@ def write_numbered_checkpoint(state: dict[str, Any], directory: str | Path, iter
     ``iteration``): they belong to a future this run abandoned (e.g. a corrupt file skipped on
     resume: a run resumed at iteration 400 passes ``newer_than=400`` at its first write).
     ``last.pt`` is a hard link to the new file where the file system allows it, a copy otherwise.
+    One run writes to a directory at a time: temporary files found there (``.iter-*.tmp``,
+    ``.last.pt.*.link``) are leftovers of a writer that was killed, and are removed.
 
     Returns:
         The numbered file written.
@@ -160,6 +162,8 @@ def write_numbered_checkpoint(state: dict[str, Any], directory: str | Path, iter
     older = [p for i, p in list_checkpoints(directory) if i <= newer_than and p != path]
     for stale in newer + older[keep - 1:]:
         stale.unlink(missing_ok=True)
+    for leftover in [*directory.glob(".iter-*.pt.*.tmp"), *directory.glob(f".{LATEST}.*.link")]:
+        leftover.unlink(missing_ok=True)
     return path
 
 

@@ -187,9 +187,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert history == {k: v for k, v in json.loads((reference / "history.json").read_text()).items()
                        if k != "elapsed"}
     assert len(history["iteration"]) == ITERATIONS
-    # Every file a killed run left behind reads.
-    for _, path in list_checkpoints(interrupted / "checkpoints"):
-        load_checkpoint(path, "joint-trainer")
+    # What the killed runs left behind: only good checkpoints, no temporary files.
+    names = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
+    assert names == [f"iter-{ITERATIONS - 8:06d}.pt", f"iter-{ITERATIONS:06d}.pt", "last.pt"]
+    for name in names:
+        load_checkpoint(interrupted / "checkpoints" / name, "joint-trainer")
 
 
 TINY = ["--set", "trainer.pool_size=32", "--set", "trainer.batch_size=16", "--set",

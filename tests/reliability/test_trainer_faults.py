@@ -194,6 +194,9 @@ def test_save_refuses_non_finite_state_and_leaves_the_old_file(data, tmp_path, w
 
 def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
     trainer = small_trainer(keep_checkpoints=3)
+    # Leftovers of a writer killed mid-write (see save_checkpoint, _point_latest) are cleared.
+    (tmp_path / ".iter-000002.pt.k1lled.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".last.pt.999.link").write_bytes(b"")
     trainer.fit(data, n_iterations=11, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "iter-000008.pt", "iter-000010.pt", "iter-000011.pt", LATEST]
