@@ -176,6 +176,20 @@ def test_an_unwritable_output_directory_is_one_line(where, capsys):
         locked.chmod(0o700)
 
 
+def test_an_unwritable_output_directory_is_one_line_even_as_root(where, capsys, monkeypatch):
+    # Root ignores permission bits, so the check's answer is forced here; the test above runs
+    # the real thing for other users.
+    import flowmc_ebm.commands as commands
+
+    monkeypatch.setattr(commands.os, "access", lambda path, mode: False)
+    line = one_line_error(capsys, ["sample", "--target", "two_modes", "--out", "t.npz"])
+    assert line == "flowmc-ebm sample: error: --out t.npz: directory . is not writable"
+    line = one_line_error(capsys, ["diagnose", "missing.npz"])  # an input: not checked so
+    assert "no trace file" in line
+    line = one_line_error(capsys, ["demo", "--quick", "--out", "d"])
+    assert line == "flowmc-ebm demo: error: --out d: the directory is not writable"
+
+
 def run_cli(*argv, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CI": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "flowmc_ebm.cli", *argv], cwd=cwd, env=env,
