@@ -33,6 +33,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/sampler_overhead.py --out bench/results
 	.venv-bench/bin/python -m bench.sampling_peers --quick --out bench/results
 	$(PY) bench/ebflow_step.py --dims 64 256 784 --rounds 3 --out bench/results
+	$(PY) bench/training_cost.py --threads 1 --out bench/results
 
 lint: $(STAMP)
 	$(PY) -m ruff check samplers flowmc_ebm tests bench examples

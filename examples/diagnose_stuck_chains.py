@@ -25,18 +25,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/diagnostics")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chains", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=500, help="kept steps per chain")
+    parser.add_argument("--warmup", type=int, default=200, help="tuning steps (FlowMC's flow)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     target = TwoModes()
     g = torch.Generator().manual_seed(args.seed)
-    x0 = target.means[target.bottom_left] + 0.2 * torch.randn(256, 2, generator=g)
+    x0 = target.means[target.bottom_left] + 0.2 * torch.randn(args.chains, 2, generator=g)
 
     flow = make_flow(2, transforms=4)
     flowmc = samplers.FlowMC(target.log_prob, flow, n_local=2, flow_lr=1e-2)
     runs = {
-        "mala": samplers.sample(samplers.MALA(target.log_prob, 0.05), x0, 500, warmup=200,
+        "mala": samplers.sample(samplers.MALA(target.log_prob, 0.05), x0, args.steps,
+                                warmup=args.warmup,
                                 progress=False, generator=g),
-        "flowmc": samplers.sample(flowmc, x0, 500, warmup=200, progress=False, generator=g),
+        "flowmc": samplers.sample(flowmc, x0, args.steps, warmup=args.warmup, progress=False,
+                                  generator=g),
     }
     for name, trace in runs.items():
         print(f"\n===== {name} =====")

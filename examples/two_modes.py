@@ -141,8 +141,8 @@ def figures(out: Path, summaries: list[dict]) -> None:
             name = run_name(s["sampler"], alpha, s["config"]["trainer"]["seed"])
             history = json.loads((out / "runs" / name / "history.json").read_text())
             panels.setdefault(f"{LABELS.get(s['sampler'], s['sampler'])}, α={alpha:g}", []).append(
-                (f"seed {s['config']['trainer']['seed']}", history["eval_iteration"],
-                 [w[s["mode"]] for w in history["ebm_mode_weights"]]))
+                (f"seed {s['config']['trainer']['seed']}", history.get("eval_iteration", []),
+                 [w[s["mode"]] for w in history.get("ebm_mode_weights", [])]))
         weight_figure(panels, runs[0]["truth"], out / f"weights_alpha{alpha:g}.png")
         first = sorted((s for s in runs if s["config"]["trainer"]["seed"] == min(
             r["config"]["trainer"]["seed"] for r in runs)), key=lambda s: s["sampler"])

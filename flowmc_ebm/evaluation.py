@@ -177,13 +177,15 @@ def last_quarter_summary(history: dict[str, list], mode: int, truth: float,
 
     Returns:
         ``weight_mean``, ``weight_sd`` (over the evaluations in the last quarter, quadrature of
-        the EBM), ``weight_error`` (mean − truth), ``neg_weight_mean`` (the persistent chains'
-        occupancy, i.e. the model's own samples), ``local_accept``, ``global_accept``, ``rhat``
-        (of the followed chains over the last quarter) and ``iterations``.
+        the EBM; NaN when none fell there, e.g. a run shorter than ``eval_every``),
+        ``weight_error`` (mean − truth), ``neg_weight_mean`` (the persistent chains' occupancy,
+        i.e. the model's own samples), ``local_accept``, ``global_accept``, ``rhat`` (of the
+        followed chains over the last quarter) and ``iterations``.
     """
     last = history["iteration"][-1]
     since = last - last // 4
-    out: dict[str, float] = {"iterations": float(last)}
+    out: dict[str, float] = {"iterations": float(last), "weight_mean": math.nan,
+                             "weight_sd": math.nan, "weight_error": math.nan}
     if history.get("ebm_mode_weights"):
         w = torch.tensor([ws[mode] for i, ws in zip(history["eval_iteration"],
                                                      history["ebm_mode_weights"], strict=True)

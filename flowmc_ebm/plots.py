@@ -184,7 +184,8 @@ def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_w
         ax.errorbar(
             modes[: est.n_modes] + dx,
             est.weights,
-            yerr=[est.weights - est.lower, est.upper - est.weights],
+            # Round-off can put an interval end a hair past an estimate at 0 or 1.
+            yerr=np.clip([est.weights - est.lower, est.upper - est.weights], 0.0, None),
             fmt="o",
             capsize=4,
             color=color,
