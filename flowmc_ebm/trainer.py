@@ -385,13 +385,17 @@ class JointTrainer:
                 try:
                     record = self._iteration(data, target)
                 except ValueError as err:
-                    # The kernels refuse chains where the log-density is NaN/inf: a diverged EBM.
-                    if "not finite" not in str(err) or self._good is None:
+                    # The kernels refuse chains that hold NaN/inf, or where the log-density or
+                    # its gradient is NaN/inf: a diverged EBM (the guard may not have seen it
+                    # yet). Any other ValueError is not ours to handle.
+                    text = str(err).strip()
+                    bad = self._first_bad() if self._good is not None else None
+                    if bad is None and (self._good is None or not (
+                            "not finite" in text or "NaN or infinite" in text)):
                         raise
-                    first = str(err).strip().splitlines()[0]
-                    self._restart(*(self._first_bad() or (
+                    self._restart(*(bad or (
                         self.iteration_ + 1, f"the model's log-density is NaN or infinite at the "
-                                             f"chains ({first})")))
+                                             f"chains ({text.splitlines()[0]})")))
                     bar.n = self.iteration_ - (goal - total)
                     continue
                 self.iteration_ += 1
@@ -441,15 +445,17 @@ class JointTrainer:
         return True
 
     def _first_bad(self) -> tuple[int, str] | None:
-        """The first pending iteration out of range and why, or None (one host transfer)."""
-        if not self._pending:
-            return None
-        guard = torch.stack([r["guard"] for r in self._pending])
+        """The first pending iteration out of range (or the current state, if its parameters or
+        chains hold NaN/inf) and why, or None; one host transfer."""
+        k = len(_GUARD)
+        guard = (torch.stack([r["guard"] for r in self._pending]) if self._pending
+                 else torch.zeros((0, k), dtype=torch.float64, device=self.device))
         params_finite = torch.stack([torch.isfinite(p).all() for p in self._parameters()]).all()
-        pool_finite = torch.isfinite(self.pool_).all()
+        pool_finite = (torch.isfinite(self.pool_).all() if self.pool_ is not None
+                       else torch.ones((), dtype=torch.bool, device=self.device))
         tail = torch.stack([params_finite, pool_finite]).to(guard.dtype)
         values = torch.cat([guard.flatten(), tail]).tolist()
-        n, k = guard.shape
+        n = guard.shape[0]
         first = self.iteration_ - n + 1
         for i in range(n):
             reason = self._guard_reason(dict(zip(_GUARD, values[i * k:(i + 1) * k], strict=True)))

@@ -95,6 +95,38 @@ def test_a_transient_nan_is_rolled_back_and_the_learning_rates_lowered(data, sam
     assert all_finite(trainer)
 
 
+def test_chains_corrupted_between_checks_are_rolled_back(data):
+    """NaN chains make the kernel refuse to start them before the guard's next check: that
+    refusal is a divergence too, not a crash."""
+    corrupted = []
+
+    def corrupt_once(trainer):
+        if not corrupted:
+            corrupted.append(trainer.iteration_)
+            trainer.pool_[3] = math.nan
+
+    trainer = small_trainer("ula")
+    history = trainer.fit(data, n_iterations=12, callbacks=[corrupt_once], progress=False)
+    (restart,) = history["restarts"]
+    assert corrupted == [5] and restart["restored_to"] == 5
+    assert "persistent chains hold NaN or inf" in restart["reason"]
+    assert trainer.iteration_ == 12 and all_finite(trainer)
+
+
+def test_other_errors_inside_an_iteration_are_not_mistaken_for_divergence(data):
+    trainer = small_trainer()
+
+    def hook(module, inputs, output):
+        if trainer.iteration_ == 2:
+            raise ValueError("a genuine bug")
+        return None
+
+    trainer.energy.register_forward_hook(hook)
+    with pytest.raises(ValueError, match="a genuine bug"):
+        trainer.fit(data, n_iterations=5, progress=False)
+    assert "restarts" not in trainer.history_
+
+
 def test_the_roll_back_restores_the_exact_state(data):
     """Iterations 1..10 after a restart at 10 equal those of a clean run: the snapshot took no
     randomness and restored the generator, the chains and the data cursor."""
