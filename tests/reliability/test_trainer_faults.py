@@ -2,6 +2,7 @@
 with a clear error; NaN never reaches a checkpoint; a truncated newest checkpoint is skipped."""
 
 import math
+import sys
 import warnings
 
 import pytest
@@ -195,6 +196,45 @@ def test_a_gradient_bound_is_a_divergence_too(data):
     with pytest.raises(TrainingDivergedError, match=r"gradient norm .* exceeds "
                                                     r"trainer.max_grad_norm = 1e-06"):
         trainer.fit(data, n_iterations=5, progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["flowmc", "ula"])
+def test_the_guard_reads_the_device_only_at_checks(data, monkeypatch, sampler):
+    """No host transfer by the trainer inside an iteration: `.item()` and `.tolist()` called
+    from trainer.py are refused there (Adam's own `.item()` on its CPU step counter is not a
+    device sync), and the guard is read once per check (log_every and the end)."""
+    trainer = small_trainer(sampler, log_every=5)
+    inside, reads = [], []
+
+    def refuse(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            assert not (inside and caller.endswith("trainer.py")), \
+                f"Tensor.{name}() inside an iteration"
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+    refuse("item")
+    refuse("tolist")
+    iteration, first_bad = trainer._iteration, trainer._first_bad
+
+    def one_iteration(*args):
+        inside.append(True)
+        try:
+            return iteration(*args)
+        finally:
+            inside.pop()
+
+    def counted():
+        reads.append(trainer.iteration_)
+        return first_bad()
+
+    monkeypatch.setattr(trainer, "_iteration", one_iteration)
+    monkeypatch.setattr(trainer, "_first_bad", counted)
+    trainer.fit(data, n_iterations=22, checkpoint_dir=None, progress=False)
+    assert reads == [5, 10, 15, 20, 22]
 
 
 def test_no_divergence_means_no_restarts_entry(data):
