@@ -144,18 +144,23 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         server.start(["train", "--config", str(config), "--out", str(reference), "--no-progress"])
         assert server.wait() == 0, server.log.read_text()
 
+        # Random moments, seeded: past a random iteration (so the runs are cut at spread-out
+        # points whatever the machine's speed), then a random fraction of a checkpoint interval
+        # (so the kill lands anywhere in an iteration or a checkpoint write).
         rng = random.Random(20261201)
+        span = (ITERATIONS - 40) // KILLS
+        targets = [rng.randrange(4 + k * span, (k + 1) * span) for k in range(KILLS)]
         moments, resumed_from = [], []
         for kill in range(KILLS):
             before = newest(interrupted / "checkpoints")
             resume = ["--resume"] if kill else ["--config", str(config)]
             pid = server.start(["train", *resume, "--out", str(interrupted), "--no-progress"])
             deadline = time.monotonic() + 60
-            # Kill only once this run made progress of its own, at a random moment after that.
-            while newest(interrupted / "checkpoints") <= before:
+            # Kill only once this run made progress of its own.
+            while newest(interrupted / "checkpoints") <= max(before, targets[kill]):
                 assert time.monotonic() < deadline, server.log.read_text()
-                time.sleep(0.01)
-            moments.append(rng.uniform(0.0, 0.2))
+                time.sleep(0.005)
+            moments.append(rng.uniform(0.0, 0.05))
             time.sleep(moments[-1])
             os.kill(pid, signal.SIGKILL)
             assert server.wait() == -signal.SIGKILL, f"kill {kill}: run ended first"
@@ -166,7 +171,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         server.close()
 
     assert len(moments) == KILLS and all(i < ITERATIONS for i in resumed_from)
-    assert resumed_from == sorted(resumed_from)
+    assert resumed_from == sorted(resumed_from) and len(set(resumed_from)) == KILLS
     log = server.log.read_text()
     assert log.count("resuming from") == KILLS and "Traceback" not in log
 
