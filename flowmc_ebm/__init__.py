@@ -18,10 +18,10 @@ from flowmc_ebm.targets import (
     TwoModes,
     get_target,
 )
-from flowmc_ebm.trainer import JointTrainer
+from flowmc_ebm.trainer import JointTrainer, TrainingDivergedError
 
 __version__ = "0.1.0"
 
 __all__ = ["ConvEnergy", "EightGaussians", "FlowTiltedEnergy", "FourModes", "GaussianMixture",
            "HighDimMixture", "JointTrainer", "MLPEnergy", "Rings", "TiltedEnergy", "TwoModes", "diagnostics",
-           "get_target", "make_flow"]
+           "TrainingDivergedError", "get_target", "make_flow"]

@@ -151,7 +151,11 @@ class Trace:
 def _read_npz(path: Path) -> tuple[Trace, int | None]:
     """A trace file and, for a chunk of a streamed run, the index of its first draw."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError(f"not a flowmc-ebm trace (an .npz archive); received a "
+                             f"{type(loaded).__name__}")
+        with loaded as data:
             if "format" not in data.files or str(data["format"]) != _FORMAT:
                 raise ValueError("not a flowmc-ebm trace (no or unknown 'format' entry)")
             stats = {k.split("/", 1)[1]: torch.from_numpy(data[k])

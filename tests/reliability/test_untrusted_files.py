@@ -174,8 +174,6 @@ def test_the_good_trace_arrays_do_load(tmp_path):
     assert samplers.Trace.load(tmp_path / "good.npz").samples.shape == (2, 3, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="samplers/trace.py (not this suite's file): Trace.load on "
-                                       "a .npy file raises a bare TypeError without the file name")
 def test_a_npy_file_given_as_a_trace_is_a_clear_error(tmp_path):
     path = tmp_path / "array.npy"
     np.save(path, np.zeros(3))
