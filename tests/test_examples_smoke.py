@@ -55,3 +55,13 @@ def test_determinant_free_examples(tmp_path, script, args):
     run_example(script, *args, "--out", str(tmp_path))
     assert (tmp_path / "results.json").stat().st_size > 0
     assert (tmp_path / "table.md").read_text().count("|") > 4
+
+
+def test_digits_mixture(tmp_path):
+    run_example("digits_mixture.py", "--iterations", "6", "--seeds", "0", "--pool", "64",
+                "--negatives", "32", "--batch", "32", "--log-every", "3", "--eval-chains", "16",
+                "--eval-steps", "2", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in results["runs"]} == {"flowmc", "ula"}
+    assert all(abs(sum(r["fresh"]["weights"]) - 1) < 1e-9 for r in results["runs"])
+    assert (tmp_path / "samples_flowmc_seed0.png").stat().st_size > 0
