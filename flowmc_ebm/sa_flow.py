@@ -47,12 +47,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 from tqdm.auto import tqdm
+from zuko.nn import MaskedMLP
 from zuko.transforms import MonotonicRQSTransform
 
 from .objectives.energy_score import energy_score
 
 __all__ = [
     "ENERGY_LOSSES",
+    "AutoregressiveEnergyFlow",
     "EnergyFlowTrainer",
     "SemiAutoregressiveFlow",
     "block_sizes",
@@ -294,7 +296,7 @@ class _FlowDistribution(Distribution):
     arg_constraints: dict = {}
     support = constraints.real_vector
 
-    def __init__(self, flow: SemiAutoregressiveFlow) -> None:
+    def __init__(self, flow: SemiAutoregressiveFlow | AutoregressiveEnergyFlow) -> None:
         self.flow = flow
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([flow.dim]),
                          validate_args=False)
@@ -306,8 +308,144 @@ class _FlowDistribution(Distribution):
         return self.flow.log_prob(value)
 
 
+class AutoregressiveEnergyFlow(nn.Module):
+    """The fully autoregressive end, ``K = D``, with one masked conditioner for all coordinates.
+
+    ``x_i = μ_i + σ_i · S_L ∘ … ∘ S_1(u_i)``, where the splines ``S_l`` and ``(μ_i, σ_i)`` of
+    coordinate ``i`` come from a masked MLP (zuko's :class:`~zuko.nn.MaskedMLP`) that sees only
+    ``x_<i``. The same model as :class:`SemiAutoregressiveFlow` with ``blocks = D`` up to the
+    conditioner, but the teacher-forced loss and the density take *one* network pass instead of
+    ``D`` (sampling still takes ``D``). Same interface: ``sizes``/``starts`` (all blocks of size
+    1), :meth:`transform`, :meth:`conditional_transform`, :meth:`inverse`, :meth:`log_prob`.
+
+    Args:
+        dim: ``D``.
+        layers: Spline layers per coordinate.
+        hidden: Widths of the masked MLP.
+        bins: Spline bins.
+        bound: Splines act on ``[−bound, bound]``.
+
+    Example:
+        >>> flow = AutoregressiveEnergyFlow(3, hidden=(16,))
+        >>> flow.sample(4).shape, flow.sizes
+        (torch.Size([4, 3]), [1, 1, 1])
+    """
+
+    def __init__(self, dim: int, layers: int = 3, hidden: Sequence[int] = (256, 256), bins: int = 8,
+                 bound: float = 5.0) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int; received {dim!r}")
+        self.dim, self.layers, self.bins, self.bound = dim, layers, bins, bound
+        self.sizes, self.starts = [1] * dim, list(range(dim))
+        self.per_coordinate = layers * (3 * bins - 1) + 2
+        # Output (i, p) may depend on inputs j < i only; coordinate 0 gets constants.
+        adjacency = torch.arange(dim)[None, :] < torch.arange(dim)[:, None]
+        adjacency = adjacency.repeat_interleave(self.per_coordinate, dim=0)
+        if dim == 1:  # nothing to condition on: free parameters
+            self.net = None
+            self.free = nn.Parameter(torch.zeros(self.per_coordinate))
+        else:
+            self.net = MaskedMLP(adjacency, hidden, activation=nn.SiLU)
+            last = self.net[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    @property
+    def n_blocks(self) -> int:
+        """``K = D``."""
+        return self.dim
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.parameters())
+        return parameter.device, parameter.dtype
+
+    def _parameters_given(self, context: Tensor) -> tuple[list[MonotonicRQSTransform], Tensor, Tensor]:
+        if self.net is None:
+            raw = self.free.expand(*context.shape[:-1], 1, -1)
+        else:
+            raw = self.net(context).unflatten(-1, (self.dim, self.per_coordinate))
+        width = 3 * self.bins - 1
+        splines = []
+        for layer in range(self.layers):
+            chunk = raw[..., layer * width:(layer + 1) * width]
+            widths, heights, derivatives = chunk.split([self.bins, self.bins, self.bins - 1], dim=-1)
+            splines.append(MonotonicRQSTransform(widths, heights, derivatives, bound=self.bound))
+        shift, raw_scale = raw[..., -2], raw[..., -1]
+        return splines, shift, 3 * torch.tanh(raw_scale / 3)
+
+    def _forward_given(self, u: Tensor, context: Tensor) -> Tensor:
+        splines, shift, log_scale = self._parameters_given(context)
+        for spline in splines:
+            u = spline(u)
+        return shift + log_scale.exp() * u
+
+    def transform(self, u: Tensor) -> Tensor:
+        """Ancestral generation: ``D`` passes; after pass ``t`` coordinates ``<= t`` are final."""
+        x = torch.zeros_like(u)
+        for _ in range(self.dim):
+            x = self._forward_given(u, x)
+        return x
+
+    def conditional_transform(self, u: Tensor, y: Tensor) -> Tensor:
+        """Coordinate ``i`` drawn from ``p(x_i | y_<i)``, all in one pass; see
+        :meth:`SemiAutoregressiveFlow.conditional_transform`."""
+        return self._forward_given(u, y.expand(*u.shape[:-1], self.dim))
+
+    def noise(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal noise of shape ``[*shape, D]``."""
+        device, dtype = self._device_dtype()
+        return torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype)
+
+    def rsample(self, shape: Sequence[int] | int, generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterized joint draws, shape ``[*shape, D]``."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return self.transform(self.noise(shape, generator))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` joint draws, shape ``[n, D]``, without a graph."""
+        return self.rsample((n,), generator)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, log|det ∂u/∂x|)`` in one pass."""
+        splines, shift, log_scale = self._parameters_given(x)
+        u = (x - shift) * torch.exp(-log_scale)
+        log_det = -log_scale.sum(-1)
+        for spline in reversed(splines):
+            v = spline.inv(u)
+            log_det = log_det - spline.log_abs_det_jacobian(v, u).sum(-1)
+            u = v
+        return u, log_det
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact ``log p(x)``, for evaluation only."""
+        u, log_det = self.inverse(x)
+        return -0.5 * u.square().sum(-1) - 0.5 * self.dim * _LOG_2PI + log_det
+
+    def forward(self) -> _FlowDistribution:
+        return _FlowDistribution(self)
+
+
+def _blockwise_scores(samples: Tensor, y: Tensor, starts: Sequence[int], sizes: Sequence[int],
+                      beta: float) -> Tensor:
+    """``Σ_k ES(samples[..., B_k], y[..., B_k])`` per point; vectorized when all blocks are 1-D."""
+    if max(sizes) == 1:
+        m = samples.shape[0]
+        tiny = torch.finfo(samples.dtype).tiny
+        fit = (samples - y).square().clamp_min(tiny).pow(beta / 2).mean(0)
+        j, k = torch.triu_indices(m, m, offset=1, device=samples.device)
+        spread = (samples[j] - samples[k]).square().clamp_min(tiny).pow(beta / 2).mean(0)
+        return (fit - 0.5 * spread).sum(-1)
+    scores = y.new_zeros(y.shape[0])
+    for start, size in zip(starts, sizes, strict=True):
+        block = slice(start, start + size)
+        scores = scores + energy_score(samples[..., block], y[..., block], beta)
+    return scores
+
+
 def semi_autoregressive_energy_loss(
-    flow: SemiAutoregressiveFlow,
+    flow: SemiAutoregressiveFlow | AutoregressiveEnergyFlow,
     y: Tensor,
     m: int = 2,
     beta: float = 1.0,
@@ -332,16 +470,17 @@ def semi_autoregressive_energy_loss(
         A scalar (or ``[n]``), differentiable in the flow's parameters through the samples.
     """
     y = y.detach()
+    if not 0 < beta <= 2:
+        raise ValueError(f"beta must lie in (0, 2]; received {beta!r}")
+    if m < 2:
+        raise ValueError(f"the energy score needs m >= 2 samples per point; received m = {m}")
     samples = flow.conditional_transform(flow.noise((m, y.shape[0]), generator), y)
-    scores = y.new_zeros(y.shape[0])
-    for start, size in zip(flow.starts, flow.sizes, strict=True):
-        block = slice(start, start + size)
-        scores = scores + energy_score(samples[..., block], y[..., block], beta)
+    scores = _blockwise_scores(samples, y, flow.starts, flow.sizes, beta)
     return scores if per_point else scores.mean()
 
 
 def joint_energy_loss(
-    flow: SemiAutoregressiveFlow,
+    flow: SemiAutoregressiveFlow | AutoregressiveEnergyFlow,
     y: Tensor,
     m: int = 2,
     beta: float = 1.0,
@@ -381,7 +520,8 @@ class EnergyFlowTrainer:
         3
     """
 
-    def __init__(self, flow: SemiAutoregressiveFlow, loss: str = "autoregressive", *, m: int = 2,
+    def __init__(self, flow: SemiAutoregressiveFlow | AutoregressiveEnergyFlow,
+                 loss: str = "autoregressive", *, m: int = 2,
                  beta: float = 1.0, lr: float = 1e-3, ema_decay: float | None = 0.999,
                  grad_clip: float | None = 10.0) -> None:
         if loss not in ENERGY_LOSSES:

@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
-from flowmc_ebm.objectives.energy_score import energy_distance, energy_score_loss
+from flowmc_ebm.objectives.energy_score import energy_distance, energy_score, energy_score_loss
 from flowmc_ebm.sa_flow import (
+    AutoregressiveEnergyFlow,
     EnergyFlowTrainer,
     SemiAutoregressiveFlow,
+    _blockwise_scores,
     block_sizes,
     joint_energy_loss,
     semi_autoregressive_energy_loss,
@@ -26,8 +28,11 @@ def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
                                                dtype=parameter.dtype))
 
 
-def _flow(dim: int, blocks, seed: int = 0) -> SemiAutoregressiveFlow:
-    flow = SemiAutoregressiveFlow(dim, blocks=blocks, layers=3, hidden=(12,), bins=6).double()
+def _flow(dim: int, blocks, seed: int = 0) -> SemiAutoregressiveFlow | AutoregressiveEnergyFlow:
+    if blocks == "masked":  # K = D with one masked conditioner
+        flow = AutoregressiveEnergyFlow(dim, layers=3, hidden=(24,), bins=6).double()
+    else:
+        flow = SemiAutoregressiveFlow(dim, blocks=blocks, layers=3, hidden=(12,), bins=6).double()
     _perturb(flow, seed)
     return flow
 
@@ -63,15 +68,27 @@ def test_extremes_k1_has_no_context_and_kd_generates_one_coordinate_at_a_time():
     every = _flow(4, 4)
     assert every.sizes == [1, 1, 1, 1]
     assert [block.context for block in every.blocks] == [0, 1, 2, 3]
+    masked = _flow(4, "masked")
+    assert masked.sizes == [1, 1, 1, 1] and masked.starts == [0, 1, 2, 3]
+
+
+def test_vectorized_one_dimensional_blocks_equal_the_blockwise_energy_scores():
+    generator = torch.Generator().manual_seed(3)
+    samples = torch.randn(4, 9, 5, generator=generator, dtype=torch.float64)
+    y = torch.randn(9, 5, generator=generator, dtype=torch.float64)
+    for beta in (0.5, 1.0, 1.7):
+        fast = _blockwise_scores(samples, y, [0, 1, 2, 3, 4], [1] * 5, beta)
+        slow = sum(energy_score(samples[..., i:i + 1], y[:, i:i + 1], beta) for i in range(5))
+        torch.testing.assert_close(fast, slow)
 
 
 def _jacobian(function, point):
     return torch.autograd.functional.jacobian(function, point)
 
 
-@pytest.mark.parametrize("blocks", [1, 3, 7])
+@pytest.mark.parametrize("blocks", [1, 3, 7, "masked"])
 def test_block_k_depends_only_on_earlier_blocks(blocks):
-    flow = _flow(7, blocks, seed=blocks)
+    flow = _flow(7, blocks, seed=len(str(blocks)))
     u = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     jacobian = _jacobian(flow.transform, u)  # ∂x/∂u of ancestral sampling
     y = flow.transform(u).detach()
@@ -164,10 +181,14 @@ def test_loss_and_its_gradient_match_the_gaussian_closed_form(dim, blocks):
     assert informative.sum() >= 2
 
 
-@pytest.mark.parametrize(("loss", "blocks"), [("autoregressive", 2), ("joint", 1)])
+@pytest.mark.parametrize(("loss", "blocks"),
+                         [("autoregressive", 2), ("joint", 1), ("autoregressive", "masked")])
 def test_training_by_the_energy_score_fits_a_correlated_gaussian(loss, blocks, monkeypatch):
     torch.manual_seed(0)
-    flow = SemiAutoregressiveFlow(2, blocks=blocks, layers=2, hidden=(32,), bins=6)
+    if blocks == "masked":
+        flow = AutoregressiveEnergyFlow(2, layers=2, hidden=(32,), bins=6)
+    else:
+        flow = SemiAutoregressiveFlow(2, blocks=blocks, layers=2, hidden=(32,), bins=6)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("energy-score training must not invert the flow")
