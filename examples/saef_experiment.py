@@ -29,7 +29,8 @@ Writes ``results_<part>.json``, ``table_<part>.md`` and figures under ``--out``
 
 Usage:
     python examples/saef_experiment.py --part toys      # about 8 minutes on one loaded core
-    python examples/saef_experiment.py --part digits    # about 8 minutes
+    python examples/saef_experiment.py --part digits --digit-steps 600 \
+        --digit-configs 1:es 8:es 8:ml 64m:es 64m:ml  # about 10 minutes
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ from sklearn.datasets import load_digits  # noqa: E402
 
 from flowmc_ebm.ebflow import LogitTransform, bits_per_dim, dequantize  # noqa: E402
 from flowmc_ebm.objectives.energy_score import energy_distance  # noqa: E402
-from flowmc_ebm.sa_flow import EnergyFlowTrainer, SemiAutoregressiveFlow  # noqa: E402
+from flowmc_ebm.sa_flow import (  # noqa: E402
+    AutoregressiveEnergyFlow,
+    EnergyFlowTrainer,
+    SemiAutoregressiveFlow,
+)
 from flowmc_ebm.targets import EightGaussians, TwoModes  # noqa: E402
 
 LOSSES = {"es": "autoregressive", "es-joint": "joint", "ml": "ml"}
@@ -56,9 +61,18 @@ LEVELS = 17
 PREPROCESS = LogitTransform(LEVELS, alpha=0.05)
 
 
+def make_flow(dim, blocks, hidden=(64, 64), layers=3):
+    """``blocks`` an int: :class:`SemiAutoregressiveFlow`; ``"<D>m"``: the masked K = D flow."""
+    if isinstance(blocks, str) and blocks.endswith("m"):
+        if int(blocks[:-1]) != dim:
+            raise ValueError(f"the masked flow is the K = D end; received K = {blocks[:-1]}, D = {dim}")
+        return AutoregressiveEnergyFlow(dim, layers=layers, hidden=(256, 256), bins=8)
+    return SemiAutoregressiveFlow(dim, blocks=int(blocks), layers=layers, hidden=hidden, bins=8)
+
+
 def train(dim, blocks, loss, data, steps, batch, seed, lr, hidden=(64, 64), layers=3):
     torch.manual_seed(seed)
-    flow = SemiAutoregressiveFlow(dim, blocks=blocks, layers=layers, hidden=hidden, bins=8)
+    flow = make_flow(dim, blocks, hidden, layers)
     trainer = EnergyFlowTrainer(flow, LOSSES[loss], m=2, beta=1.0, lr=lr, ema_decay=0.999)
     start = time.perf_counter()
     trainer.fit(data, steps=steps, batch_size=batch, generator=torch.Generator().manual_seed(seed))
@@ -125,7 +139,8 @@ def run_digits(args, out: Path) -> list[dict]:
 
     floor = float(energy_distance(train_images[:300], test_images))
     rows = []
-    configs = [(int(k), loss) for k, loss in (c.split(":") for c in args.digit_configs)]
+    pairs = (config.split(":") for config in args.digit_configs)
+    configs = [(k if k.endswith("m") else int(k), loss) for k, loss in pairs]
     fig, axes = plt.subplots(len(configs), 1, figsize=(8, 1.3 * len(configs)))
     axes = [axes] if len(configs) == 1 else axes
     for index, (blocks, loss) in enumerate(configs):
@@ -141,6 +156,7 @@ def run_digits(args, out: Path) -> list[dict]:
             images = PREPROCESS.inverse(model.sample(2000, torch.Generator().manual_seed(3)))
         rows.append({
             "K": blocks, "loss": loss, "steps": args.digit_steps, "seconds": seconds,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "nll_mean": float(nll.mean()), "nll_median": float(nll.median()),
             "bits_per_dim": bits_per_dim(nll.mean(), 64),
             "energy_distance": float(energy_distance(images, test_images)),
@@ -171,10 +187,11 @@ def table(rows: list[dict], part: str) -> str:
                          f"({group[0]['energy_distance_floor']:.4f}) | {err} | {w} | {nll} "
                          f"({group[0]['entropy']:.3f}) |")
         return "\n".join(lines)
-    lines = ["| K | loss | test NLL (nats) | bits/dim | median NLL | energy distance (train vs test) "
-             "| s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| K | loss | parameters | test NLL (nats) | bits/dim | median NLL | energy distance "
+             "(train vs test) | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['K']} | {r['loss']} | {r['nll_mean']:.1f} | {r['bits_per_dim']:.3f} | "
+        lines.append(f"| {r['K']} | {r['loss']} | {r['parameters']} | {r['nll_mean']:.1f} | "
+                     f"{r['bits_per_dim']:.3f} | "
                      f"{r['nll_median']:.1f} | {r['energy_distance']:.2f} "
                      f"({r['energy_distance_train_vs_test']:.2f}) | {r['seconds']:.0f} |")
     return "\n".join(lines)
@@ -187,7 +204,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--digit-steps", type=int, default=1500)
     parser.add_argument("--digit-configs", nargs="+", default=["1:es", "8:es", "64:es", "8:ml"],
-                        help="K:loss pairs")
+                        help="K:loss pairs; K = '64m': the masked K = D flow")
     parser.add_argument("--out", type=Path, default=Path("out/saef"))
     args = parser.parse_args()
     torch.set_num_threads(1)
