@@ -65,3 +65,13 @@ def test_digits_mixture(tmp_path):
     assert {r["method"] for r in results["runs"]} == {"flowmc", "ula"}
     assert all(abs(sum(r["fresh"]["weights"]) - 1) < 1e-9 for r in results["runs"])
     assert (tmp_path / "samples_flowmc_seed0.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("part, args", [
+    ("toys", ["--toy-steps", "5", "--seeds", "1"]),
+    ("digits", ["--digit-steps", "3", "--digit-configs", "1:es", "8:ml"]),
+])
+def test_saef_experiment(tmp_path, part, args):
+    run_example("saef_experiment.py", "--part", part, *args, "--out", str(tmp_path))
+    assert json.loads((tmp_path / f"results_{part}.json").read_text())
+    assert (tmp_path / f"table_{part}.md").read_text().count("|") > 4
