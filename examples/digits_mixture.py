@@ -2,7 +2,8 @@
 
 Data: scikit-learn's `load_digits` (ships with the package), the classes ``--classes`` (default 0
 and 1) mixed in the proportions ``--weights`` (default 3:1) by subsampling the lighter classes,
-dequantized (pixel + U(0, 1)), scaled to ``[-1, 1]`` and, by default, projected on their first
+dequantized (pixel + U(0, 1); ``--copies`` copies of each image with independent noise, so
+the few hundred images do not get memorized), scaled to ``[-1, 1]`` and, by default, projected on their first
 ``--pca`` principal components, whitened (fitted on the training mixture itself, as a user would;
 ``--pca 0`` keeps all 64 pixels). Each EBM is trained with the same network, tilt, pool and
 gradient budget; only the sampler of the negatives differs.
@@ -17,13 +18,17 @@ classifier's most probable class; samples whose top probability is below 0.9 are
 as "unclear" (neither digit clearly: a measure of sample quality), with the weights among the
 confident samples alone beside them.
 
-Writes under ``--out`` (default ``out/digits_mixture``): ``results.json``, ``table.md``,
+Writes under ``--out`` (default ``out/digits_mixture``): ``runs/<method>_seed<s>.json`` (one per
+finished run, reused by later invocations, so seeds can run in parallel processes with the same
+``--out`` and a last invocation over all seeds aggregates them), ``results.json``, ``table.md``,
 ``samples_<method>_seed<s>.png`` (grids of fresh samples) and ``weights.png`` (the chains' class
 weights over training).
 
 Usage:
     python examples/digits_mixture.py                          # 2 methods × 3 seeds
     python examples/digits_mixture.py --iterations 50 --seeds 0 --eval-steps 5   # a quick look
+    python examples/digits_mixture.py --seeds 1 & python examples/digits_mixture.py --seeds 2
+    python examples/digits_mixture.py            # then: reuses both, runs seed 0, aggregates
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ def dequantize(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (images + rng.uniform(size=images.shape)) / 17.0 * 2.0 - 1.0
 
 
-def make_data(classes: list[int], weights: list[float], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images of ``classes`` subsampled to the proportions ``weights`` (largest class kept whole)."""
+def make_data(classes: list[int], weights: list[float], seed: int, copies: int = 1
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Images of ``classes`` subsampled to the proportions ``weights`` (largest class kept whole),
+    each dequantized ``copies`` times with independent noise."""
     digits = load_digits()
     rng = np.random.default_rng(seed)
     pools = [np.flatnonzero(digits.target == c) for c in classes]
@@ -67,7 +74,7 @@ def make_data(classes: list[int], weights: list[float], seed: int) -> tuple[np.n
     picked = [rng.choice(p, size=n, replace=False) for p, n in zip(pools, counts, strict=True)]
     images = np.concatenate([digits.data[i] for i in picked])
     labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts)])
-    return dequantize(images, rng), labels
+    return dequantize(np.tile(images, (copies, 1)), rng), np.tile(labels, copies)
 
 
 class Features:
@@ -238,14 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", nargs="+", type=float, default=[3.0, 1.0])
     parser.add_argument("--methods", nargs="+", default=["flowmc", "ula"], choices=sorted(LABELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--pool", type=int, default=1024)
     parser.add_argument("--negatives", type=int, default=128)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--copies", type=int, default=10,
+                        help="dequantized copies of each image (fresh uniform noise each)")
     parser.add_argument("--pca", type=int, default=16, help="whitened principal components (0: pixels)")
     parser.add_argument("--alpha", type=float, default=0.1, help="energy L2 weight")
     parser.add_argument("--step-size", type=float, default=0.01)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--eval-chains", type=int, default=512)
     parser.add_argument("--eval-steps", type=int, default=50)
@@ -258,17 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     truth = (np.asarray(args.weights) / np.sum(args.weights)).tolist()
     runs = []
+    (args.out / "runs").mkdir(exist_ok=True)
     for seed in args.seeds:
-        x, labels = make_data(args.classes, args.weights, seed)
+        x, labels = make_data(args.classes, args.weights, seed, args.copies)
         features = Features(x, args.pca)
         clf, accuracy = fit_classifier(args.classes, features, 0)
         data = torch.as_tensor(features(x), dtype=torch.float32)
         data_weights = np.bincount(labels) / len(labels)
         for method in args.methods:
+            done = args.out / "runs" / f"{method}_seed{seed}.json"
+            if done.exists():  # finished by an earlier (or a parallel) invocation
+                runs.append(json.loads(done.read_text(encoding="utf-8")))
+                continue
             run = train_one(method, seed, args, data, clf, features, args.out)
             run["data_weights"] = data_weights.tolist()
             run["classifier_accuracy"] = accuracy
             runs.append(run)
+            done.write_text(json.dumps(run) + "\n", encoding="utf-8")
             print(f"{LABELS[method]} seed {seed}: fresh {run['fresh']['weights'][0]:.3f}, chains "
                   f"{run['pool']['weights'][0]:.3f}, unclear {run['fresh']['unclear']:.2f}, "
                   f"{run['wall_time']:.0f} s", flush=True)
