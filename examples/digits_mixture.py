@@ -128,7 +128,8 @@ def class_weights(clf: LogisticRegression, x: torch.Tensor, n_classes: int) -> d
 def train_one(method: str, seed: int, args: argparse.Namespace, data: torch.Tensor,
               clf: LogisticRegression, features: Features, out: Path) -> dict:
     torch.manual_seed(seed)
-    model = ModelConfig(energy_hidden=(256, 256), flow_transforms=4, flow_hidden=(128, 128))
+    model = ModelConfig(energy_hidden=(256, 256), flow_transforms=4, flow_hidden=(128, 128),
+                        base_scale=args.base_scale)
     config = TrainerConfig(pool_size=args.pool, batch_size=args.batch, n_negatives=args.negatives,
                            mcmc_steps=10, step_size=args.step_size, lr_energy=args.lr,
                            lr_flow=args.lr, energy_l2=args.alpha, seed=seed,
@@ -231,7 +232,7 @@ def table(runs: list[dict], truth: list[float], args: argparse.Namespace) -> str
         f"\nDigits {args.classes} mixed {':'.join(f'{w:g}' for w in args.weights)} (true first-class "
         f"weight {truth[0]:.3f}), modelled on {space}; {args.iterations} iterations, "
         f"{args.negatives} negatives from a pool of {args.pool}, batch {args.batch}, "
-        f"α = {args.alpha:g}, step {args.step_size:g}. Fresh "
+        f"α = {args.alpha:g}, tilt N(0, {args.base_scale:g}² I), step {args.step_size:g}. Fresh "
         f"samples: {args.eval_chains} chains × {args.eval_steps} flowMC steps on the final EBM. "
         f"Classifier (same space) held-out accuracy ≥ {accuracy:.3f}; each sample goes to its most "
         f"probable class (± the binomial SE); 'confident' keeps those with probability > "
@@ -253,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="dequantized copies of each image (fresh uniform noise each)")
     parser.add_argument("--pca", type=int, default=16, help="whitened principal components (0: pixels)")
     parser.add_argument("--alpha", type=float, default=0.1, help="energy L2 weight")
+    parser.add_argument("--base-scale", type=float, default=1.0,
+                        help="sd of the flow's Gaussian base, the EBM's tilt")
     parser.add_argument("--step-size", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--log-every", type=int, default=50)
