@@ -137,7 +137,7 @@ def run(kernel, warmup=0):
                            generator=torch.Generator().manual_seed(3))
 
 
-def check(trace, clean, fault_blocks_region=True):
+def assert_refused_counted_and_contained(trace, clean, fault_blocks_region=True):
     """The claims of the module docstring, on a faulty run and its fault-free twin."""
     assert torch.isfinite(trace.samples).all() and torch.isfinite(trace.log_prob).all()
     for name, value in trace.stats.items():
@@ -160,7 +160,7 @@ def check(trace, clean, fault_blocks_region=True):
 @pytest.mark.parametrize("name", KERNELS)
 @pytest.mark.parametrize("value", [torch.nan, -torch.inf, torch.inf], ids=["nan", "-inf", "+inf"])
 def test_non_finite_log_density_is_refused_counted_and_kept_to_its_chains(name, value):
-    check(run(make(name, broken_value(value))), run(make(name, gaussian)))
+    assert_refused_counted_and_contained(run(make(name, broken_value(value))), run(make(name, gaussian)))
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -172,7 +172,7 @@ def test_non_finite_gradient_is_refused_counted_and_kept_to_its_chains(name, kin
         torch.testing.assert_close(trace.samples, clean.samples, rtol=0, atol=0)
         assert (trace.stats["invalid"] == clean.stats["invalid"]).all()
     else:
-        check(trace, clean)
+        assert_refused_counted_and_contained(trace, clean)
 
 
 @pytest.mark.parametrize("name", ["imh", "isir", "flowmc", "latent"])
@@ -182,7 +182,7 @@ def test_proposal_density_underflow_is_refused_counted_and_kept_to_its_chains(na
     # FlowMC's local MALA may walk into the region (the target is fine there); only its global
     # moves are refused, and a chain sitting where q underflowed must then stay put, with finite
     # stats.
-    check(trace, clean, fault_blocks_region=name != "flowmc")
+    assert_refused_counted_and_contained(trace, clean, fault_blocks_region=name != "flowmc")
 
 
 def test_ula_stays_in_place_on_a_nan_gradient_and_counts_it():
