@@ -39,7 +39,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -701,6 +701,20 @@ def bits_per_dim(nll: Tensor | float, dim: int) -> float:
 DataSource = Tensor | Callable[[int, torch.Generator | None], Tensor]
 
 
+def minibatches(data: DataSource, steps: int, batch_size: int,
+                generator: torch.Generator | None = None, progress: bool = False,
+                desc: str = "") -> Iterator[Tensor]:
+    """``steps`` batches of ``batch_size`` points: drawn with replacement from a tensor, or from a
+    callable ``(n, generator) -> [n, D]`` (fresh data each call)."""
+    for _ in tqdm(range(steps), disable=not progress, desc=desc):
+        if callable(data):
+            yield data(batch_size, generator)
+        else:
+            index = torch.randint(0, data.shape[0], (batch_size,), generator=generator,
+                                  device=data.device)
+            yield data[index]
+
+
 class EBFlowTrainer:
     """Trains an :class:`EBFlow` by score matching or maximum likelihood, keeping an EMA.
 
@@ -796,12 +810,7 @@ class EBFlowTrainer:
         Returns:
             ``self``.
         """
-        for _ in tqdm(range(steps), disable=not progress, desc=f"EBFlow {self.objective}"):
-            if callable(data):
-                batch = data(batch_size, generator)
-            else:
-                index = torch.randint(0, data.shape[0], (batch_size,), generator=generator,
-                                      device=data.device)
-                batch = data[index]
+        for batch in minibatches(data, steps, batch_size, generator, progress,
+                                 f"EBFlow {self.objective}"):
             self.step(batch, generator)
         return self

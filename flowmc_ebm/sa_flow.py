@@ -39,17 +39,16 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
-from tqdm.auto import tqdm
 from zuko.nn import MaskedMLP
 from zuko.transforms import MonotonicRQSTransform
 
+from .ebflow import ExponentialMovingAverage, minibatches
 from .objectives.energy_score import energy_score
 
 __all__ = [
@@ -184,7 +183,33 @@ class _BlockFlow(nn.Module):
         return u, log_det
 
 
-class SemiAutoregressiveFlow(nn.Module):
+class _AncestralFlow(nn.Module):
+    """What both energy flows share: ancestral sampling ``x = transform(u)`` from Gaussian noise.
+    Subclasses set ``dim`` and define ``transform``."""
+
+    dim: int
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.parameters())
+        return parameter.device, parameter.dtype
+
+    def noise(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal noise of shape ``[*shape, D]`` on the model's device and dtype."""
+        device, dtype = self._device_dtype()
+        return torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype)
+
+    def rsample(self, shape: Sequence[int] | int, generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterized joint draws, shape ``[*shape, D]``."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return self.transform(self.noise(shape, generator))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` joint draws, shape ``[n, D]``, without a graph."""
+        return self.rsample((n,), generator)
+
+
+class SemiAutoregressiveFlow(_AncestralFlow):
     """A flow of ``K`` blocks, each generated jointly given the earlier ones (see module doc).
 
     Args:
@@ -222,10 +247,6 @@ class SemiAutoregressiveFlow(nn.Module):
         """``K``."""
         return len(self.sizes)
 
-    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        parameter = next(self.parameters())
-        return parameter.device, parameter.dtype
-
     def transform(self, u: Tensor) -> Tensor:
         """Ancestral generation ``x = f(u)``: ``K`` sequential passes; shape ``[*, D] -> [*, D]``."""
         parts: list[Tensor] = []
@@ -250,21 +271,6 @@ class SemiAutoregressiveFlow(nn.Module):
             context = y[..., :start].expand(*u.shape[:-1], start)
             parts.append(block(u[..., start:start + size], context))
         return torch.cat(parts, dim=-1)
-
-    def noise(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
-        """Standard normal noise of shape ``[*shape, D]`` on the model's device and dtype."""
-        device, dtype = self._device_dtype()
-        return torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype)
-
-    def rsample(self, shape: Sequence[int] | int, generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterized joint draws, shape ``[*shape, D]``."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return self.transform(self.noise(shape, generator))
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` joint draws, shape ``[n, D]``, without a graph."""
-        return self.rsample((n,), generator)
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, log|det ∂u/∂x|)``: every block inverted in parallel (the context is ``x``)."""
@@ -308,7 +314,7 @@ class _FlowDistribution(Distribution):
         return self.flow.log_prob(value)
 
 
-class AutoregressiveEnergyFlow(nn.Module):
+class AutoregressiveEnergyFlow(_AncestralFlow):
     """The fully autoregressive end, ``K = D``, with one masked conditioner for all coordinates.
 
     ``x_i = μ_i + σ_i · S_L ∘ … ∘ S_1(u_i)``, where the splines ``S_l`` and ``(μ_i, σ_i)`` of
@@ -356,10 +362,6 @@ class AutoregressiveEnergyFlow(nn.Module):
         """``K = D``."""
         return self.dim
 
-    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        parameter = next(self.parameters())
-        return parameter.device, parameter.dtype
-
     def _parameters_given(self, context: Tensor) -> tuple[list[MonotonicRQSTransform], Tensor, Tensor]:
         if self.net is None:
             raw = self.free.expand(*context.shape[:-1], 1, -1)
@@ -391,21 +393,6 @@ class AutoregressiveEnergyFlow(nn.Module):
         """Coordinate ``i`` drawn from ``p(x_i | y_<i)``, all in one pass; see
         :meth:`SemiAutoregressiveFlow.conditional_transform`."""
         return self._forward_given(u, y.expand(*u.shape[:-1], self.dim))
-
-    def noise(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
-        """Standard normal noise of shape ``[*shape, D]``."""
-        device, dtype = self._device_dtype()
-        return torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype)
-
-    def rsample(self, shape: Sequence[int] | int, generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterized joint draws, shape ``[*shape, D]``."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return self.transform(self.noise(shape, generator))
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` joint draws, shape ``[n, D]``, without a graph."""
-        return self.rsample((n,), generator)
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, log|det ∂u/∂x|)`` in one pass."""
@@ -529,9 +516,8 @@ class EnergyFlowTrainer:
         self.flow, self.loss_name, self.m, self.beta = flow, loss, m, beta
         self.grad_clip = grad_clip
         self.optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
-        self.ema_decay = ema_decay
-        self.ema = copy.deepcopy(flow).requires_grad_(False) if ema_decay is not None else flow
-        self.updates = 0
+        self._average = ExponentialMovingAverage(flow, ema_decay) if ema_decay is not None else None
+        self.ema = self._average.average if self._average is not None else flow
         self.history_: list[float] = []
 
     def loss(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -550,13 +536,8 @@ class EnergyFlowTrainer:
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.flow.parameters(), self.grad_clip)
         self.optimizer.step()
-        if self.ema_decay is not None:
-            decay = min(self.ema_decay, (1 + self.updates) / (10 + self.updates))
-            with torch.no_grad():
-                for average, current in zip(self.ema.parameters(), self.flow.parameters(),
-                                            strict=True):
-                    average.lerp_(current, 1 - decay)
-        self.updates += 1
+        if self._average is not None:
+            self._average.update(self.flow)
         value = loss.item()
         self.history_.append(value)
         return value
@@ -566,12 +547,7 @@ class EnergyFlowTrainer:
             progress: bool = False) -> EnergyFlowTrainer:
         """``steps`` steps on minibatches drawn from a tensor (with replacement) or a callable
         ``(n, generator) -> [n, D]``; returns ``self``."""
-        for _ in tqdm(range(steps), disable=not progress, desc=f"energy flow {self.loss_name}"):
-            if callable(data):
-                batch = data(batch_size, generator)
-            else:
-                index = torch.randint(0, data.shape[0], (batch_size,), generator=generator,
-                                      device=data.device)
-                batch = data[index]
+        for batch in minibatches(data, steps, batch_size, generator, progress,
+                                 f"energy flow {self.loss_name}"):
             self.step(batch, generator)
         return self
