@@ -160,7 +160,15 @@ class TrainerConfig:
         n_particles: i-SIR proposals per chain per global move.
         step_size: Langevin step of MALA/ULA (and of latent MALA for NT-EBM); fixed, not adapted,
             so every method spends the same budget on the same kernel.
-        lr_energy, lr_flow: Adam learning rates.
+        lr_energy, lr_flow: Adam learning rates (the initial ones when ``lr_decay`` is set).
+        lr_decay: ``"none"`` (constant rates), ``"cosine"`` or ``"linear"``: both rates decay from
+            their initial values to ``lr_final_factor`` times those over ``lr_decay_iterations``
+            iterations, then stay there. A decay quiets the EBM's late jitter (its mode weights
+            swing with the noise of each step's negatives at a constant rate).
+        lr_decay_iterations: length of the decay; 0 means the run's length
+            (`RunConfig.n_iterations`, filled in by ``flowmc-ebm train``); a `JointTrainer` built
+            directly needs it set when ``lr_decay`` is not ``"none"``.
+        lr_final_factor: the rates' final fraction of their initial values, in (0, 1].
         energy_l2: ``α`` of the regularizer ``α (mean E(x⁺)² + mean E(x⁻)²)``.
         seed: seeds the trainer's generator (data order, pool, MCMC).
         log_every: iterations between two conversions of the history to Python numbers.
@@ -187,6 +195,9 @@ class TrainerConfig:
     step_size: float = _spec(0.01, low=0.0, low_open=True)
     lr_energy: float = _spec(0.01, low=0.0, low_open=True)
     lr_flow: float = _spec(0.01, low=0.0, low_open=True)
+    lr_decay: str = _spec("none", choices=("none", "cosine", "linear"))
+    lr_decay_iterations: int = _spec(0, low=0)
+    lr_final_factor: float = _spec(0.1, low=0.0, low_open=True)
     energy_l2: float = _spec(0.0, low=0.0)
     seed: int = _spec(0, low=0)
     log_every: int = _spec(50, low=1)
@@ -202,6 +213,9 @@ class TrainerConfig:
         if self.restart_lr_factor >= 1:
             raise ValueError(f"trainer.restart_lr_factor must be < 1 (it lowers the learning "
                              f"rates); received {self.restart_lr_factor!r}")
+        if self.lr_final_factor > 1:
+            raise ValueError(f"trainer.lr_final_factor must be <= 1 (the rates decay); received "
+                             f"{self.lr_final_factor!r}")
         if self.n_negatives > self.pool_size:
             raise ValueError(f"trainer.n_negatives ({self.n_negatives}) must be at most "
                              f"trainer.pool_size ({self.pool_size})")
@@ -215,6 +229,24 @@ class TrainerConfig:
             raise ValueError(f"trainer.mcmc_steps ({self.mcmc_steps}) must be a multiple of "
                              f"n_local + n_global ({cycle}) so flowMC runs whole cycles")
         return self.mcmc_steps // cycle
+
+    def lr_factor(self, iteration: int) -> float:
+        """The learning rates' multiplier at ``iteration`` (before that iteration's step).
+
+        Example:
+            >>> c = TrainerConfig(lr_decay="cosine", lr_decay_iterations=100, lr_final_factor=0.1)
+            >>> [round(c.lr_factor(i), 3) for i in (0, 50, 100, 200)]
+            [1.0, 0.55, 0.1, 0.1]
+        """
+        if self.lr_decay == "none":
+            return 1.0
+        if self.lr_decay_iterations < 1:
+            raise ValueError(f"trainer.lr_decay = {self.lr_decay!r} needs "
+                             f"trainer.lr_decay_iterations >= 1 (the decay's length); received "
+                             f"{self.lr_decay_iterations}")
+        t = min(iteration / self.lr_decay_iterations, 1.0)
+        shape = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_decay == "cosine" else 1.0 - t
+        return self.lr_final_factor + (1.0 - self.lr_final_factor) * shape
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainerConfig:

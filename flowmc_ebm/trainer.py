@@ -145,6 +145,10 @@ class JointTrainer:
         self.sampler = sampler
         self.model = self._make_model(sampler)
         self.kernel, self._steps = self._make_kernel(sampler)
+        if self.config.lr_decay != "none" and self.config.lr_decay_iterations < 1:
+            raise ValueError(f"trainer.lr_decay = {self.config.lr_decay!r} needs "
+                             f"trainer.lr_decay_iterations >= 1 (the decay's length, e.g. the "
+                             f"run's iterations); received {self.config.lr_decay_iterations}")
         self.opt_energy = torch.optim.Adam(energy.parameters(), lr=self.config.lr_energy)
         self.opt_flow = torch.optim.Adam(flow.parameters(), lr=self.config.lr_flow)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
@@ -541,7 +545,11 @@ class JointTrainer:
                 f"back at iteration {good['iteration']}, its last good state. Try smaller "
                 f"trainer.lr_energy / trainer.lr_flow or trainer.step_size, a positive "
                 f"trainer.energy_l2, or more trainer.max_restarts")
-        lr_energy, lr_flow = lr_energy * c.restart_lr_factor, lr_flow * c.restart_lr_factor
+        if c.lr_decay == "none":
+            lr_energy, lr_flow = lr_energy * c.restart_lr_factor, lr_flow * c.restart_lr_factor
+        else:  # the schedule's rate at the restored iteration, lowered once more
+            scale = c.lr_factor(good["iteration"]) * c.restart_lr_factor ** (len(restarts) + 1)
+            lr_energy, lr_flow = c.lr_energy * scale, c.lr_flow * scale
         for group in self.opt_energy.param_groups:
             group["lr"] = lr_energy
         for group in self.opt_flow.param_groups:
@@ -586,8 +594,19 @@ class JointTrainer:
             local = nan
         return state.x.detach(), local / self._steps, globl / self._steps
 
+    def _schedule_learning_rates(self) -> None:
+        """Set both rates for this iteration: initial × decay × restart factor per restart."""
+        c = self.config
+        scale = c.lr_factor(self.iteration_) * c.restart_lr_factor ** len(
+            self.history_.get("restarts", []))
+        for opt, lr in ((self.opt_energy, c.lr_energy), (self.opt_flow, c.lr_flow)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+
     def _iteration(self, data: Tensor, target: Any) -> dict[str, Any]:
         c = self.config
+        if c.lr_decay != "none":
+            self._schedule_learning_rates()
         batch = self._next_batch(data)
         idx = (torch.randperm(c.pool_size, generator=self.generator,
                               device=self.device)[:c.n_negatives]

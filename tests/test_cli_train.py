@@ -117,3 +117,13 @@ def test_demo_quick_prints_both_tables_and_writes_figures(tmp_path, capsys):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["ebm"]) == {"flowmc", "ula"} and len(summary["sampler_table"]) == 2
+
+
+def test_a_decay_without_a_length_runs_over_the_whole_run(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--target", "two_modes", "--sampler", "ula", "--iterations", "10",
+                     "--out", str(out), "--set", "trainer.lr_decay='linear'", *TINY]) == 0
+    trainer = JointTrainer.load(out / "checkpoints" / "last.pt")
+    assert trainer.config.lr_decay_iterations == 10
+    # The last step ran at the rate of iteration 9 of 10: 0.01 x (0.1 + 0.9 x 1/10).
+    assert trainer.opt_energy.param_groups[0]["lr"] == pytest.approx(0.01 * 0.19, rel=1e-12)

@@ -114,6 +114,49 @@ def test_resume_is_bit_identical_to_one_run(data, tmp_path):
                                                   strict=True))
 
 
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_learning_rates_follow_the_decay_and_resume_on_it(data, tmp_path, decay):
+    knobs = dict(lr_decay=decay, lr_decay_iterations=16, lr_final_factor=0.1, lr_energy=0.02,
+                 lr_flow=0.005, log_every=1, eval_every=0)
+    seen = []
+    trainer = small_trainer(**knobs)
+    trainer.fit(data, n_iterations=20, progress=False, callbacks=(lambda t: seen.append(
+        (t.iteration_, t.opt_energy.param_groups[0]["lr"], t.opt_flow.param_groups[0]["lr"])),))
+    # The rate of iteration i (seen after it) is the one set before its step: factor(i - 1).
+    for i, lr_e, lr_f in seen:
+        t = min((i - 1) / 16, 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if decay == "cosine" else 1 - t
+        factor = 0.1 + 0.9 * shape
+        assert lr_e == pytest.approx(0.02 * factor, rel=1e-12)
+        assert lr_f == pytest.approx(0.005 * factor, rel=1e-12)
+    assert seen[0][1] == pytest.approx(0.02) and seen[-1][1] == pytest.approx(0.002)
+    # Halfway save and load continues on the same schedule, bit for bit.
+    first = small_trainer(**knobs)
+    first.fit(data, n_iterations=9, progress=False)
+    second = JointTrainer.load(first.save(tmp_path / "half.pt"))
+    second.fit(data, n_iterations=11, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(parameters(trainer), parameters(second),
+                                                  strict=True))
+    assert second.opt_energy.param_groups[0]["lr"] == trainer.opt_energy.param_groups[0]["lr"]
+
+
+def test_a_decay_changes_training_and_none_leaves_the_rates_alone(data):
+    constant = small_trainer(eval_every=0)
+    constant.fit(data, n_iterations=6, progress=False)
+    assert constant.opt_energy.param_groups[0]["lr"] == 0.01
+    decayed = small_trainer(eval_every=0, lr_decay="linear", lr_decay_iterations=6)
+    decayed.fit(data, n_iterations=6, progress=False)
+    assert decayed.opt_energy.param_groups[0]["lr"] == pytest.approx(0.01 * (0.1 + 0.9 / 6))
+    assert not all(torch.equal(p, q) for p, q in zip(parameters(constant), parameters(decayed),
+                                                      strict=True))
+
+
+def test_a_decay_without_its_length_is_refused():
+    with pytest.raises(ValueError, match=r"trainer.lr_decay = 'cosine' needs "
+                                         r"trainer.lr_decay_iterations >= 1.*received 0"):
+        small_trainer(lr_decay="cosine")
+
+
 def test_resume_with_modules_built_elsewhere(data, tmp_path):
     def build():
         torch.manual_seed(3)

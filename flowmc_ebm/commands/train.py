@@ -19,6 +19,7 @@ A run killed before its first checkpoint resumes from the start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -161,8 +162,12 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
         trainer = JointTrainer.load(checkpoint)
         print(f"resuming from {checkpoint} (iteration {trainer.iteration_})", flush=True)
     else:
+        trainer_config = config.trainer
+        if trainer_config.lr_decay != "none" and trainer_config.lr_decay_iterations == 0:
+            trainer_config = dataclasses.replace(trainer_config,
+                                                 lr_decay_iterations=config.n_iterations)
         trainer = JointTrainer.from_config(target.dim, config.sampler, config.model,
-                                           config.trainer)
+                                           trainer_config)
     remaining = config.n_iterations - trainer.iteration_
     snapshots = ChainSnapshots(snapshot_chains)
     if out is not None:

@@ -40,6 +40,12 @@ TRAINER = {
                   "must be > 0.0; received -0.01"),
     "lr_flow": ([0.01], r"must be a number; received \[0.01\]", 0,
                 "must be > 0.0; received 0"),
+    "lr_decay": (0.5, "must be a string; received 0.5",
+                 "exponential", "must be one of none, cosine, linear; received 'exponential'"),
+    "lr_decay_iterations": (1.5, "must be an int; received 1.5", -1,
+                            "must be >= 0; received -1"),
+    "lr_final_factor": ("tenth", "must be a number; received 'tenth'", 1.5,
+                        r"must be <= 1 \(the rates decay\); received 1.5"),
     "energy_l2": (False, "must be a number; received False", -0.1,
                   "must be >= 0.0; received -0.1"),
     "seed": (1.0, "must be an int; received 1.0", -1, "must be >= 0; received -1"),
@@ -187,5 +193,5 @@ def test_every_field_has_a_row_and_the_defaults_are_valid():
         assert set(table) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
     assert RunConfig() == RunConfig.from_dict({})
     counts = {kind: len(list(cases(kind))) for kind in ("type", "range")}
-    assert counts == {"type": 35, "range": 33}
-    assert len(list(misspellings())) == 35
+    assert counts == {"type": 38, "range": 36}
+    assert len(list(misspellings())) == 38

@@ -183,6 +183,19 @@ def test_a_huge_learning_rate_is_lowered_until_training_runs(data):
     assert max(abs(v) for v in history["energy_pos"]) < trainer.config.max_abs_energy
 
 
+def test_a_restart_lowers_a_decaying_rate_and_the_decay_goes_on(data):
+    trainer = small_trainer(lr_energy=100.0, restart_lr_factor=1e-3, lr_decay="linear",
+                            lr_decay_iterations=30, lr_final_factor=0.5)
+    history = trainer.fit(data, n_iterations=30, progress=False)
+    (restart,) = history["restarts"]
+    assert restart["restored_to"] == 0 and restart["lr_energy"] == pytest.approx(0.1)
+    # After it: initial rate x restart factor x the decay at the last step (iteration 29 of 30).
+    expected = 100.0 * 1e-3 * (0.5 + 0.5 * (1 - 29 / 30))
+    assert trainer.opt_energy.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+    assert trainer.opt_flow.param_groups[0]["lr"] == pytest.approx(0.01 * 1e-3 * expected / 0.1)
+    assert trainer.iteration_ == 30 and all_finite(trainer)
+
+
 def test_a_huge_learning_rate_with_no_restarts_left_is_an_error(data):
     trainer = small_trainer(lr_energy=1e3, max_restarts=0)
     with pytest.raises(TrainingDivergedError, match=r"diverged at iteration \d+: \|mean energy\| "
