@@ -168,6 +168,8 @@ def summarize(summary: dict, records: list[dict]) -> dict:
                 "mse_flow_ebm", "log_density_error"):
         values = [r[key] for r in records if key in r]
         summary[key] = statistics.fmean(values) if values else math.nan
+        # The last evaluation alone: the model a user gets at the end of training.
+        summary[f"{key}_final"] = values[-1] if values else math.nan
     for key in ("w_ebm", "w_init", "w_neg", "w_flow"):
         values = [r[key] for r in records if key in r]
         if values:
@@ -221,7 +223,9 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 METRICS = ("mse_init_ebm", "mse_neg_ebm", "mse_ebm_true", "mse_avg_ebm_true", "mse_init_true",
            "mse_neg_true", "mse_flow_ebm",
-           "log_density_error", "train_time", "global_accept", "local_accept", "rhat")
+           "log_density_error", "train_time", "global_accept", "local_accept", "rhat",
+           "mse_init_ebm_final", "mse_neg_ebm_final", "mse_ebm_true_final",
+           "log_density_error_final")
 
 
 def aggregate(summaries: list[dict]) -> list[dict]:
@@ -281,6 +285,15 @@ def markdown_tables(table: list[dict], config_note: str) -> str:
                      zip(paper, ("mse_init_ebm", "mse_neg_ebm", "mse_ebm_true"), strict=True)]
             out.append(f"| {LABELS[r['sampler']]} | {r['alpha']:g} | {' | '.join(cells)} | "
                        f"{config_note}, {r['iterations']:.0f} it. |")
+        out += ["", "The same at the last evaluation only (the end of training), mean ± sd over seeds:",
+                "", "| method | α | (a) init vs EBM | (b) negatives vs EBM | (c) EBM vs truth | "
+                "config |", "|---|---|---|---|---|---|"]
+        for r in four:
+            out.append(f"| {LABELS[r['sampler']]} | {r['alpha']:g} | "
+                       f"{_ms(r['mse_init_ebm_final'], '.2e')} | "
+                       f"{_ms(r['mse_neg_ebm_final'], '.2e')} | "
+                       f"{_ms(r['mse_ebm_true_final'], '.2e')} | "
+                       f"{config_note}, {r['iterations']:.0f} it. |")
         out += ["", "All measures:", "",
                 "| method | α | paper: init / neg / EBM | (a) init vs EBM | (b) negatives vs EBM | "
                 "(c) EBM vs truth | EBM averaged over evaluations vs truth | init vs truth | "
@@ -308,15 +321,17 @@ def markdown_tables(table: list[dict], config_note: str) -> str:
             continue
         out += [f"### {TITLES[name]}", "",
                 "| method | α | paper: log-density error | log-density error | per seed | "
+                "at the end of training | "
                 "mode-weight MSE, EBM vs truth | (a) init vs EBM | (b) negatives vs EBM | "
                 "train time / run | config |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             paper = PAPER_LOG_DENSITY[name].get(r["sampler"])
             seeds = ", ".join(_num(v, ".3f") for v in r["log_density_error"]["per_seed"])
             out.append(
                 f"| {LABELS[r['sampler']]} | {r['alpha']:g} | {_num(paper or math.nan, '.2f')} | "
-                f"{_ms(r['log_density_error'], '.3f')} | {seeds} | {_ms(r['mse_ebm_true'], '.2e')}"
+                f"{_ms(r['log_density_error'], '.3f')} | {seeds} | "
+                f"{_ms(r['log_density_error_final'], '.3f')} | {_ms(r['mse_ebm_true'], '.2e')}"
                 f" | {_ms(r['mse_init_ebm'], '.2e')} | {_ms(r['mse_neg_ebm'], '.2e')} | "
                 f"{_num(r['train_time']['mean'], '.0f')} s | {config_note}, "
                 f"{r['iterations']:.0f} it. |")
