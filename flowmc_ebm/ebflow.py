@@ -510,14 +510,20 @@ class EBFlow(nn.Module):
         return self.inverse(z)
 
 
-def fully_connected_ebflow(dim: int, alpha: float = 0.3) -> EBFlow:
+def fully_connected_ebflow(dim: int, alpha: float = 0.3, blocks: int = 1) -> EBFlow:
     """The EBFlow paper's fully connected model: dense ``D×D`` → smooth leaky ReLU → dense ``D×D``.
 
-    Both dense layers start at ``−I`` (as in the authors' code).
+    With ``blocks > 1`` the (smooth leaky ReLU → dense) pair is repeated: ``blocks`` nonlinear
+    layers between ``blocks + 1`` dense ones. Still an EBFlow: every dense layer's log-determinant
+    goes to the normalizer, so score matching never forms a determinant. ``blocks = 1`` is the
+    paper's model.
+
+    Every dense layer starts at ``−I`` (as in the authors' code).
 
     Args:
         dim: ``D``.
-        alpha: Left slope of the smooth leaky ReLU.
+        alpha: Left slope of the smooth leaky ReLUs.
+        blocks: Number of nonlinear layers, ``>= 1``.
 
     Returns:
         An :class:`EBFlow`.
@@ -526,8 +532,16 @@ def fully_connected_ebflow(dim: int, alpha: float = 0.3) -> EBFlow:
         >>> model = fully_connected_ebflow(3)
         >>> sum(p.numel() for p in model.parameters())
         24
+        >>> deeper = fully_connected_ebflow(3, blocks=2)  # dense → SLReLU → dense → SLReLU → dense
+        >>> sum(p.numel() for p in deeper.parameters()), len(deeper.layers)
+        (36, 5)
     """
-    return EBFlow(dim, [Dense(dim), SmoothLeakyReLU(alpha), Dense(dim)])
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"blocks must be a positive int; received {blocks!r}")
+    layers: list[LinearLayer | NonlinearLayer] = [Dense(dim)]
+    for _ in range(blocks):
+        layers += [SmoothLeakyReLU(alpha), Dense(dim)]
+    return EBFlow(dim, layers)
 
 
 def coupling_ebflow(dim: int, blocks: int = 4, hidden: Sequence[int] = (64, 64)) -> EBFlow:

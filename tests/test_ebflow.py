@@ -44,6 +44,7 @@ def _perturbed(model: EBFlow, seed: int, scale: float = 0.3) -> EBFlow:
 def _models():
     return {
         "fully_connected": _perturbed(fully_connected_ebflow(5).double(), seed=0),
+        "fully_connected_2_blocks": _perturbed(fully_connected_ebflow(5, blocks=2).double(), seed=15),
         "coupling": _perturbed(coupling_ebflow(4, blocks=2, hidden=(16,)).double(), seed=1),
         "conv": _perturbed(conv_ebflow((2, 4, 4), blocks=2).double(), seed=11, scale=0.2),
     }
@@ -62,7 +63,7 @@ def standard_flow_log_prob(model: EBFlow, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(values)
 
 
-@pytest.mark.parametrize("name", ["fully_connected", "coupling", "conv"])
+@pytest.mark.parametrize("name", ["fully_connected", "fully_connected_2_blocks", "coupling", "conv"])
 def test_exact_nll_equals_the_standard_maximum_likelihood_evaluation(name):
     model = _models()[name]
     x = torch.randn(6, model.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -146,6 +147,8 @@ def test_fully_connected_model_starts_at_minus_identity_and_inverts():
     model = fully_connected_ebflow(6)
     dense = [layer for layer in model.layers if isinstance(layer, LinearLayer)]
     assert len(dense) == 2 and all(torch.equal(d.weight, -torch.eye(6)) for d in dense)
+    deeper = fully_connected_ebflow(6, blocks=3)  # 3 nonlinear layers between 4 dense ones
+    assert [isinstance(layer, Dense) for layer in deeper.layers] == [True, False] * 3 + [True]
     model = _models()["fully_connected"]
     x = torch.randn(50, 5, dtype=torch.float64)
     torch.testing.assert_close(model.inverse(model.transform(x)[0]), x)
@@ -169,12 +172,13 @@ def test_log_normalizer_is_cached_while_frozen_and_refreshed_when_parameters_cha
         torch.testing.assert_close(model.log_normalizer(), -model.linear_log_det())
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
 @pytest.mark.parametrize("objective", ["ssm", "dsm", "fdssm"])
-def test_score_matching_steps_form_no_determinant(objective, monkeypatch):
+def test_score_matching_steps_form_no_determinant(objective, blocks, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("score-matching training computed a determinant")
 
-    model = fully_connected_ebflow(8)
+    model = fully_connected_ebflow(8, blocks=blocks)
     trainer = EBFlowTrainer(model, objective)
     monkeypatch.setattr(torch.linalg, "slogdet", refuse)
     before = [p.detach().clone() for p in model.parameters()]
@@ -219,6 +223,8 @@ def test_logit_transform_log_det_and_inverse():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match=r"\(n, 3\)"):
         fully_connected_ebflow(3).energy(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="blocks must be a positive int"):
+        fully_connected_ebflow(3, blocks=0)
     with pytest.raises(ValueError, match="unknown objective"):
         EBFlowTrainer(fully_connected_ebflow(3), "nce")
     with pytest.raises(TypeError, match="LinearLayer or NonlinearLayer"):
