@@ -47,5 +47,13 @@ def test_tiny_grid_writes_results_tables_and_figures(toys, tmp_path):
     table = (out / "table.md").read_text()
     assert "(a) init vs EBM" in table and "5.19e-04" in table
     assert (tmp_path / "fig" / "landscapes_four_modes.png").exists()
-    # A second call reuses the finished runs instead of training again.
-    assert toys.main(argv) == 0
+    # A second call reuses the finished runs instead of training again; the recheck re-evaluates
+    # the final models with more chains and caches it per run.
+    assert toys.main([*argv, "--recheck-chains", "64"]) == 0
+    recheck = (out / "recheck.md").read_text()
+    assert recheck.count("| four_modes |") == 2 and "floor (b)" in recheck
+    record = json.loads((out / "runs" / "four_modes" / "flowmc_alpha0_seed0"
+                         / "recheck_64.json").read_text())
+    assert record["iteration"] == 6 and abs(sum(record["w_neg"]) - 1) < 1e-6
+    final = next(r for r in results["runs"] if r["sampler"] == "flowmc")
+    assert final["mse_ebm_true_final"] >= 0  # the last evaluation alone, beside the mean
