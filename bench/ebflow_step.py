@@ -33,7 +33,7 @@ OBJECTIVES = ("ml", "ssm", "dsm", "fdssm")
 PAPER_RATIO_784 = {"ssm": 33.1 / 8.0, "dsm": 66.7 / 8.0, "fdssm": 130.2 / 8.0}
 
 
-def _trainers(dim: int) -> dict[str, EBFlowTrainer]:
+def _trainers(dim: int, device: torch.device) -> dict[str, EBFlowTrainer]:
     trainers = {}
     for objective in OBJECTIVES:
         torch.manual_seed(0)
@@ -42,20 +42,29 @@ def _trainers(dim: int) -> dict[str, EBFlowTrainer]:
         with torch.no_grad():
             for layer in (model.layers[0], model.layers[2]):
                 layer.weight.add_(torch.randn(dim, dim) / math.sqrt(dim) * 0.1)
-        trainers[objective] = EBFlowTrainer(model, objective, lr=1e-4)
+        trainers[objective] = EBFlowTrainer(model.to(device), objective, lr=1e-4)
     return trainers
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _time_steps(trainer: EBFlowTrainer, batch: torch.Tensor, steps: int) -> float:
+    _sync(batch.device)
     start = time.perf_counter()
     for _ in range(steps):
         trainer.step(batch)
+    _sync(batch.device)
     return (time.perf_counter() - start) / steps
 
 
-def bench_dim(dim: int, batch_size: int, rounds: int, steps: int) -> dict:
-    trainers = _trainers(dim)
-    batch = torch.randn(batch_size, dim, generator=torch.Generator().manual_seed(1))
+def bench_dim(dim: int, batch_size: int, rounds: int, steps: int,
+              device: torch.device | str = "cpu") -> dict:
+    device = torch.device(device)
+    trainers = _trainers(dim, device)
+    batch = torch.randn(batch_size, dim, generator=torch.Generator().manual_seed(1)).to(device)
     for trainer in trainers.values():  # warm-up: allocator, kernels
         _time_steps(trainer, batch, 2)
     times: dict[str, list[float]] = {objective: [] for objective in OBJECTIVES}
@@ -92,13 +101,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps per timing")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu",
+                        help="where the models and batches live, e.g. cuda (the paper's figures "
+                             "are from a GPU)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     results = []
     for dim in sorted(args.dims):
-        result = bench_dim(dim, args.batch_size, args.rounds, args.steps)
+        result = bench_dim(dim, args.batch_size, args.rounds, args.steps, device)
         results.append(result)
         speedups = ", ".join(f"{k} {v:.2f}x" for k, v in result["speedup_over_ml"].items())
         step_ms = ", ".join(f"{k} {1e3 * v:.2f}" for k, v in result["seconds_per_step"].items())
@@ -111,6 +124,7 @@ def main() -> None:
         "rounds": args.rounds,
         "steps_per_timing": args.steps,
         "threads": args.threads,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__,
         "machine": platform.platform(),
         "processor": platform.processor(),

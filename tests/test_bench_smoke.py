@@ -120,3 +120,16 @@ def test_optional_peer_runs_where_installed(peer, problem):
     else:
         run = torchebm_langevin.run_langevin(problem, mala_step_size=0.5)
     _check_scored(sampling_peers.score(run, problem.target), problem)
+
+
+def test_ebflow_step_benchmark_times_every_objective_on_the_given_device():
+    from bench import ebflow_step
+
+    result = ebflow_step.bench_dim(8, batch_size=4, rounds=2, steps=1, device="cpu")
+    assert set(result["seconds_per_step"]) == set(ebflow_step.OBJECTIVES)
+    assert all(len(times) == 2 and min(times) > 0 for times in result["all_round_times"].values())
+    assert set(result["speedup_over_ml"]) == {"ssm", "dsm", "fdssm"}
+    # Timed against the same batch on the same device: the ratio is ML's time over each one's.
+    ml = result["seconds_per_step"]["ml"]
+    for objective, ratio in result["speedup_over_ml"].items():
+        assert math.isclose(ratio, ml / result["seconds_per_step"][objective])
