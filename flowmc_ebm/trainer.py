@@ -145,10 +145,7 @@ class JointTrainer:
         self.sampler = sampler
         self.model = self._make_model(sampler)
         self.kernel, self._steps = self._make_kernel(sampler)
-        if self.config.lr_decay != "none" and self.config.lr_decay_iterations < 1:
-            raise ValueError(f"trainer.lr_decay = {self.config.lr_decay!r} needs "
-                             f"trainer.lr_decay_iterations >= 1 (the decay's length, e.g. the "
-                             f"run's iterations); received {self.config.lr_decay_iterations}")
+        self.config.lr_factor(0)  # a decay without a length is refused here, not mid-run
         self.opt_energy = torch.optim.Adam(energy.parameters(), lr=self.config.lr_energy)
         self.opt_flow = torch.optim.Adam(flow.parameters(), lr=self.config.lr_flow)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
@@ -548,8 +545,7 @@ class JointTrainer:
         if c.lr_decay == "none":
             lr_energy, lr_flow = lr_energy * c.restart_lr_factor, lr_flow * c.restart_lr_factor
         else:  # the schedule's rate at the restored iteration, lowered once more
-            scale = c.lr_factor(good["iteration"]) * c.restart_lr_factor ** (len(restarts) + 1)
-            lr_energy, lr_flow = c.lr_energy * scale, c.lr_flow * scale
+            lr_energy, lr_flow = self._scheduled_rates(good["iteration"], len(restarts) + 1)
         for group in self.opt_energy.param_groups:
             group["lr"] = lr_energy
         for group in self.opt_flow.param_groups:
@@ -594,14 +590,17 @@ class JointTrainer:
             local = nan
         return state.x.detach(), local / self._steps, globl / self._steps
 
-    def _schedule_learning_rates(self) -> None:
-        """Set both rates for this iteration: initial × decay × restart factor per restart."""
+    def _scheduled_rates(self, iteration: int, restarts: int) -> tuple[float, float]:
+        """Both rates at ``iteration``: initial × decay × restart factor per restart."""
         c = self.config
-        scale = c.lr_factor(self.iteration_) * c.restart_lr_factor ** len(
-            self.history_.get("restarts", []))
-        for opt, lr in ((self.opt_energy, c.lr_energy), (self.opt_flow, c.lr_flow)):
+        scale = c.lr_factor(iteration) * c.restart_lr_factor ** restarts
+        return c.lr_energy * scale, c.lr_flow * scale
+
+    def _schedule_learning_rates(self) -> None:
+        rates = self._scheduled_rates(self.iteration_, len(self.history_.get("restarts", [])))
+        for opt, lr in zip((self.opt_energy, self.opt_flow), rates, strict=True):
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr
 
     def _iteration(self, data: Tensor, target: Any) -> dict[str, Any]:
         c = self.config
