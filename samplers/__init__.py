@@ -6,7 +6,7 @@ batch dimension. Every kernel has ``init(x) -> State`` and ``step(state, generat
 """
 
 from .adaptation import DualAveraging
-from .base import Info, Kernel, State
+from .base import Info, Kernel, NonFiniteError, State
 from .driver import sample
 from .flowmc import FlowMC
 from .hmc import HMC
@@ -17,5 +17,5 @@ from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 from .ula import ULA
 
 __all__ = ["DualAveraging", "FlowMC", "HMC", "ISIR", "IndependentMH", "Info", "Kernel", "Latent",
-           "MALA", "State", "StreamedTrace", "Trace", "TraceWriter", "ULA", "open_trace",
+           "MALA", "NonFiniteError", "State", "StreamedTrace", "Trace", "TraceWriter", "ULA", "open_trace",
            "sample"]

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import LogProb, State
+from .base import LogProb, NonFiniteError, State
 
 
 def check_log_prob_fn(log_prob: object) -> None:
@@ -35,7 +35,7 @@ def check_positions(x: object, name: str = "x0") -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise NonFiniteError(f"{name} contains NaN or infinite values")
     return x
 
 
@@ -104,14 +104,14 @@ def check_initial(lp: Tensor, name: str = "x0", grad: Tensor | None = None) -> N
     (One host sync, at init only.)"""
     bad = ~torch.isfinite(lp)
     if bool(bad.any()):
-        raise ValueError(
+        raise NonFiniteError(
             f"log_prob({name}) is not finite for {int(bad.sum())} of {lp.shape[0]} chains "
             f"(first at chain {int(bad.nonzero()[0, 0])}); start chains where the density is positive"
         )
     if grad is not None:
         bad = ~torch.isfinite(grad).flatten(1).all(1)
         if bool(bad.any()):
-            raise ValueError(
+            raise NonFiniteError(
                 f"the gradient of log_prob at {name} is not finite for {int(bad.sum())} of "
                 f"{lp.shape[0]} chains (first at chain {int(bad.nonzero()[0, 0])}); start chains "
                 "where the log-density is differentiable"

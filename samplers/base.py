@@ -16,6 +16,13 @@ from torch import Tensor
 LogProb = Callable[[Tensor], Tensor]
 
 
+class NonFiniteError(ValueError):
+    """Chains or a log-density that are NaN or infinite where a kernel cannot reject a move (the
+    starting positions, the log-density or its gradient there). A `ValueError`, so existing
+    ``except ValueError`` keeps working; callers that recover from it (a trainer's divergence
+    guard) catch this type instead of reading messages."""
+
+
 @dataclass
 class State:
     """Where the chains are and what is already known there.

@@ -202,3 +202,18 @@ def test_flowmc_records_the_flow_training_loss_and_freezes_the_flow_after_warmup
     frozen = [p.detach().clone() for p in flow.parameters()]
     samplers.sample(kernel, torch.randn(64, 2) + 3, 20, progress=False, generator=g)
     assert all(torch.equal(a, b) for a, b in zip(frozen, flow.parameters(), strict=True))
+
+
+def test_non_finite_start_raises_the_typed_error():
+    # Callers that recover (the trainer's guard) catch this type; it stays a ValueError for others.
+    from samplers import MALA, NonFiniteError
+
+    def log_prob(x):
+        return torch.where(x[:, 0] > 0, torch.nan, -0.5 * (x**2).sum(1))
+
+    x0 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    with pytest.raises(NonFiniteError, match="not finite for 1 of 2 chains"):
+        MALA(log_prob, 0.1).init(x0)
+    with pytest.raises(NonFiniteError, match="NaN or infinite"):
+        MALA(log_prob, 0.1).init(torch.tensor([[float("nan"), 0.0]]))
+    assert issubclass(NonFiniteError, ValueError)
