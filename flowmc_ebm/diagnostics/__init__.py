@@ -6,20 +6,22 @@
   independent estimates of the mode weights; `compare_mode_weights` says whether they agree.
 - `mode_hopping`: transitions, round trips and stuck chains.
 - `fit_modes`: modes by clustering when none are known.
+- `grid`: the one 2-D grid quadrature (`grid_quadrature`, `grid_mode_weights`) for model mass.
 - `metrics`: the numbers of Grenioux et al. (2023).
 - `report`: all of the above as a table, figures and a JSON summary.
 
 Every function takes a `samplers.Trace` or a plain array / tensor `(chains, draws, *event)`.
 """
 
-from flowmc_ebm.diagnostics.hopping import ModeHopping, StuckChainsWarning, mode_hopping
-from flowmc_ebm.diagnostics.metrics import (
+from flowmc_ebm.diagnostics.grid import (
     GridDensity,
+    GridWeights,
     grid_log_density,
     grid_mode_weights,
-    log_density_error,
-    mode_weight_mse,
+    grid_quadrature,
 )
+from flowmc_ebm.diagnostics.hopping import ModeHopping, StuckChainsWarning, mode_hopping
+from flowmc_ebm.diagnostics.metrics import log_density_error, mode_weight_mse
 from flowmc_ebm.diagnostics.mixing import RHAT_THRESHOLD, MixingSummary, max_rhat, mixing
 from flowmc_ebm.diagnostics.modes import FittedModes, fit_modes, mode_labels
 from flowmc_ebm.diagnostics.report import Report, report
@@ -37,6 +39,7 @@ __all__ = [
     "RHAT_THRESHOLD",
     "FittedModes",
     "GridDensity",
+    "GridWeights",
     "MixingSummary",
     "ModeHopping",
     "ModeWeightComparison",
@@ -47,6 +50,7 @@ __all__ = [
     "fit_modes",
     "grid_log_density",
     "grid_mode_weights",
+    "grid_quadrature",
     "importance_mode_weights",
     "log_density_error",
     "max_rhat",

@@ -18,7 +18,11 @@ with warnings.catch_warnings():
 
 
 def _per_dim(stat, x: np.ndarray, **kwargs) -> np.ndarray:
-    dataset = az.convert_to_dataset({"x": x})
+    with warnings.catch_warnings():
+        # "More chains than draws": our layout is often many short chains, and the array is
+        # already (chains, draws, dim) by construction, so the guess ArviZ warns about is moot.
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        dataset = az.convert_to_dataset({"x": x})
     # Constant draws (e.g. a mode indicator no chain ever leaves) give 0/0 inside ArviZ: NaN is
     # the right answer there and numpy's warning would only be noise.
     with np.errstate(divide="ignore", invalid="ignore"):
