@@ -17,8 +17,7 @@ def test_grid_quadrature_of_an_energy_gives_the_true_weights_and_the_edge_mass()
     # sm_ebm.grid_mode_weights (an energy, the edge mass) computed, now from the one quadrature.
     target = TwoModes()
     energy = lambda x: -target.log_prob(x)  # noqa: E731
-    ours = grid_quadrature(lambda x: -energy(x), target.assign, 4.5, 128, n_modes=2,
-                           dtype=torch.float32)
+    ours = grid_quadrature(lambda x: -energy(x), target.assign, 4.5, 128, n_modes=2, dtype=torch.float32)
     assert isinstance(ours, GridWeights) and ours.weights.dtype == np.float64
     # TwoModes holds 1/3 and 2/3; the 9x9 box and 128 cells per side cost < 1e-4.
     np.testing.assert_allclose(ours.weights, target.weights.double().numpy(), atol=1e-4)

@@ -24,8 +24,7 @@ from flowmc_ebm.diagnostics.grid import GridDensity, grid_log_density, grid_mode
 from flowmc_ebm.diagnostics.modes import mode_labels
 
 # The grid quadrature lives in `grid`; its names stay importable from here.
-__all__ = ["GridDensity", "grid_log_density", "grid_mode_weights", "log_density_error",
-           "mode_weight_mse"]
+__all__ = ["GridDensity", "grid_log_density", "grid_mode_weights", "log_density_error", "mode_weight_mse"]
 
 
 def mode_weight_mse(samples: Any, assign: Any, true_weights: Any) -> float:

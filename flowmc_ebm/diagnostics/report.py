@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from flowmc_ebm.diagnostics._chains import chains_tensor
-from flowmc_ebm.diagnostics.hopping import ModeHopping, mode_hopping
 from flowmc_ebm.diagnostics.grid import grid_mode_weights
+from flowmc_ebm.diagnostics.hopping import ModeHopping, mode_hopping
 from flowmc_ebm.diagnostics.metrics import log_density_error
 from flowmc_ebm.diagnostics.mixing import MixingSummary, mixing
 from flowmc_ebm.diagnostics.modes import fit_modes
