@@ -13,9 +13,10 @@ from .hmc import HMC
 from .independent import ISIR, IndependentMH
 from .latent import Latent
 from .mala import MALA
+from .tempering import ParallelTempering
 from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 from .ula import ULA
 
 __all__ = ["DualAveraging", "FlowMC", "HMC", "ISIR", "IndependentMH", "Info", "Kernel", "Latent",
-           "MALA", "NonFiniteError", "State", "StreamedTrace", "Trace", "TraceWriter", "ULA", "open_trace",
-           "sample"]
+           "MALA", "NonFiniteError", "ParallelTempering", "State", "StreamedTrace", "Trace",
+           "TraceWriter", "ULA", "open_trace", "sample"]

@@ -1,0 +1,494 @@
+"""Non-reversible parallel tempering (Syed, Bouchard-Côté, Deligiannidis & Doucet 2022).
+
+Each user chain owns a ladder of ``K`` replicas on the path ``π_β ∝ reference^(1−β) · target^β``,
+``0 = β_0 < … < β_{K−1} = 1``. One step: every replica with ``β > 0`` takes a local step (MALA by
+default) in one batch, the ``β = 0`` replica is replaced by an exact draw from the reference, and
+neighbouring replicas swap positions with the deterministic even/odd (DEO) pattern: even pairs on
+even steps, odd pairs on odd steps. A swap between ``β_k`` and ``β_{k+1}`` is accepted with
+probability ``min(1, exp((β_{k+1} − β_k)(ℓ(x_k) − ℓ(x_{k+1}))))``, ``ℓ = log target − log reference``.
+
+Warm-up tunes the schedule in rounds of doubling length from the swap rejection rates (see
+`samplers.schedule`), chooses ``K`` from the barrier unless it is given, and tunes each replica's
+step size; then everything is frozen and the ``β = 1`` replicas are an exact MCMC for the target.
+The stepping-stone identity turns the same replicas into an estimate of ``log Z`` with a standard
+error (`ParallelTempering.log_normalizer`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ._checks import check_log_prob_fn, check_positions, check_positive_int, check_step_size, evaluate
+from .base import Info, Kernel, LogProb, State
+from .independent import draw, resolve
+from .mala import MALA
+from .proposal import mh_accept
+from .schedule import optimal_schedule, replicas_for_barrier
+
+KernelFactory = Callable[[LogProb], Kernel]
+
+# Stepping-stone sums are kept per block of steps; when all blocks are full, neighbours are merged
+# and the block length doubles, so memory stays fixed however long the run.
+_N_BLOCKS = 32
+
+
+@dataclass
+class TemperingState(State):
+    """A `State` whose ``x``/``log_prob`` are the ``β = 1`` replicas ``(n, *event)``/``(n,)``, the
+    part a `Trace` stores, plus the whole ladder (slot-major: ``(K, n, ...)``).
+
+    Attributes beyond `State`'s:
+        local: the local kernel's state over slots ``1..K−1``, rows ``(k−1)·n + chain``.
+        ladder: positions at every slot ``(K, n, *event)``.
+        log_target, log_ref: the two log-densities there ``(K, n)``.
+        grad_target, grad_ref: their gradients ``(K, n, *event)`` (``None`` without gradients).
+        phase: per replica, 1 once it has visited the reference, 2 once it then reached the target
+            ``(K, n)``; it travels with the replica through swaps.
+        round_trips: reference → target → reference trips completed per chain ``(n,)``.
+        swap_sum, swap_count: summed swap acceptance probabilities and attempts per pair ``(K−1,)``.
+        invalid_sum: swaps refused because a log-density or gradient was not finite ``(K−1,)``.
+        ss_fwd, ss_bwd: stepping-stone log-sums per block ``(_N_BLOCKS, K−1, n)``, float64.
+        block_len: steps per stepping-stone block; steps: steps since the counters were reset.
+        count: steps taken in all (its parity chooses even or odd swaps).
+        local_info: the last local step's `Info`, which the warm-up feeds to the local kernel.
+    """
+
+    local: State | None = None
+    ladder: Tensor | None = None
+    log_target: Tensor | None = None
+    log_ref: Tensor | None = None
+    grad_target: Tensor | None = None
+    grad_ref: Tensor | None = None
+    phase: Tensor | None = None
+    round_trips: Tensor | None = None
+    swap_sum: Tensor | None = None
+    swap_count: Tensor | None = None
+    invalid_sum: Tensor | None = None
+    ss_fwd: Tensor | None = None
+    ss_bwd: Tensor | None = None
+    block_len: int = 1
+    steps: int = 0
+    count: int = 0
+    local_info: Info | None = None
+
+
+@dataclass
+class TemperingWarmup:
+    local: Any  # the local kernel's warm-up state
+    round: int  # rounds completed
+    round_len: int  # steps in the current round
+    in_round: int  # steps taken in the current round
+    history: list[dict]  # per round: betas, rejection, barrier
+
+
+def _expand(t: Tensor, like: Tensor) -> Tensor:
+    return t.view(*t.shape, *([1] * (like.ndim - t.ndim)))
+
+
+class ParallelTempering(Kernel):
+    """Non-reversible parallel tempering between ``reference`` (β = 0) and the target (β = 1).
+
+    Args:
+        log_prob: the target's batched unnormalized log-density ``(n, *event) -> (n,)``.
+        reference: a normalized `torch.distributions.Distribution` over one event (``sample((n,))``
+            gives ``(n, *event)``, ``log_prob`` gives ``(n,)``), broad enough to cover every mode;
+            or a module whose call returns one (a flow). ``log_normalizer`` assumes it normalized.
+        n_replicas: ``K``, replicas per chain; ``None`` chooses it from the barrier during warm-up
+            (starting from 12).
+        betas: an initial schedule ``(K,)`` from 0 to 1; default ``β_k = (k/(K−1))^3``, dense near
+            the reference where a broad reference meets a narrow target.
+        local: a factory ``log_prob -> Kernel`` for the local moves at ``β > 0``; it is called once
+            with the tempered log-density of the whole ladder. Default: MALA with per-replica step
+            sizes tuned in warm-up.
+        local_step_size: initial step size of the default MALA.
+        tune_schedule: tune the schedule during warm-up (rounds of 32, 64, 128, … steps).
+        first_round: length of the first warm-up round.
+
+    After a run: ``kernel.betas`` ``(K,)``, ``kernel.swap_accept_rates`` ``(K−1,)``,
+    ``kernel.barrier`` (Λ), ``kernel.round_trip_rate`` (round trips per chain per 1000 steps),
+    ``kernel.log_normalizer()`` (``(log Z, SE)``) describe the post-warm-up draws.
+
+    Example:
+        >>> from torch.distributions import Independent, Normal
+        >>> target = lambda x: torch.logsumexp(torch.stack(
+        ...     [-0.5 * (x - 4).pow(2).sum(-1), -0.5 * (x + 4).pow(2).sum(-1)]), 0)
+        >>> ref = Independent(Normal(torch.zeros(2), 6 * torch.ones(2)), 1)
+        >>> kernel = ParallelTempering(target, ref, n_replicas=6)
+        >>> import samplers
+        >>> trace = samplers.sample(kernel, torch.zeros(4, 2), 200, warmup=100, progress=False)
+        >>> trace.samples.shape, kernel.betas.shape
+        (torch.Size([4, 200, 2]), torch.Size([6]))
+    """
+
+    def __init__(self, log_prob: LogProb, reference: Distribution | Callable[[], Distribution],
+                 n_replicas: int | None = None, betas: Tensor | None = None,
+                 local: KernelFactory | None = None, local_step_size: float = 0.1,
+                 tune_schedule: bool = True, first_round: int = 32):
+        check_log_prob_fn(log_prob)
+        if isinstance(reference, Distribution):
+            if not (hasattr(reference, "log_prob") and hasattr(reference, "sample")):
+                raise TypeError("reference must have sample and log_prob")
+        elif not callable(reference):
+            raise TypeError(
+                "reference must be a torch.distributions.Distribution with sample and log_prob (e.g. "
+                "Independent(Normal(zeros(d), 5 * ones(d)), 1)) or a module whose call returns one; "
+                f"got {type(reference).__name__}")
+        check_step_size(local_step_size, "local_step_size")
+        check_positive_int(first_round, "first_round", minimum=2)
+        if n_replicas is not None:
+            check_positive_int(n_replicas, "n_replicas", minimum=2)
+        if betas is not None:
+            betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+            if betas.numel() < 2:
+                raise ValueError(f"betas must hold at least 2 inverse temperatures (K >= 2); "
+                                 f"got {betas.numel()}")
+            if not (betas[0] == 0 and betas[-1] == 1 and bool((betas.diff() > 0).all())):
+                raise ValueError(f"betas must increase strictly from 0 to 1; got {betas.tolist()}")
+            if n_replicas is not None and n_replicas != betas.numel():
+                raise ValueError(f"n_replicas={n_replicas} but betas has {betas.numel()} entries")
+        if local is not None and not callable(local):
+            raise TypeError(f"local must be a factory log_prob -> Kernel; got {type(local).__name__}")
+        self.log_prob = log_prob
+        self.reference = reference
+        self.fixed_replicas = n_replicas is not None or betas is not None
+        k = betas.numel() if betas is not None else (n_replicas or 12)
+        self._betas = betas if betas is not None else torch.linspace(0, 1, k, dtype=torch.float64) ** 3
+        self.tune_schedule = tune_schedule
+        self.first_round = first_round
+        self.local_step_size = local_step_size
+        factory = local if local is not None else (lambda lp: MALA(lp, local_step_size))
+        self.local = factory(self._tempered)
+        if not isinstance(self.local, Kernel):
+            raise TypeError(f"local(log_prob) must return a samplers Kernel; "
+                            f"got {type(self.local).__name__}")
+        self._row_beta: Tensor | None = None  # β of each local row ((K−1)·n,), on the chains' device
+        self.history: list[dict] = []
+        self.last_state: TemperingState | None = None
+
+    # -- the path of distributions -------------------------------------------------------------
+
+    @property
+    def betas(self) -> Tensor:
+        """The schedule ``(K,)`` (float64, CPU)."""
+        return self._betas.clone()
+
+    @property
+    def n_replicas(self) -> int:
+        return self._betas.numel()
+
+    def _ref_log_prob(self, x: Tensor) -> Tensor:
+        return resolve(self.reference).log_prob(x)
+
+    @staticmethod
+    def _mix(beta: Tensor, log_ref: Tensor, log_target: Tensor) -> Tensor:
+        # β = 1 must be the target exactly, even where the reference is -inf (0 · -inf is NaN).
+        return torch.where(beta < 1, (1 - beta) * log_ref, 0.0) + beta * log_target
+
+    def _tempered(self, x: Tensor) -> Tensor:
+        """Tempered log-density of the local rows; a batch of ``m`` times as many rows (i-SIR's
+        candidates, ``(m, rows)`` flattened) gets the rows' β's tiled."""
+        beta = self._row_beta
+        if x.shape[0] != beta.shape[0]:
+            beta = beta.repeat(x.shape[0] // beta.shape[0])
+        return self._mix(beta.to(x.dtype), self._ref_log_prob(x), self.log_prob(x))
+
+    def _set_rows(self, n: int, like: Tensor) -> Tensor:
+        b = self._betas.to(device=like.device, dtype=like.dtype)
+        self._row_beta = b[1:].repeat_interleave(n)
+        return b
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _check_reference(self, x: Tensor) -> None:
+        dist = resolve(self.reference)
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            y = dist.sample((2,))
+            try:
+                lp = dist.log_prob(x[:2])
+            except NotImplementedError as e:
+                raise TypeError(f"the reference ({type(dist).__name__}) must implement log_prob; "
+                                "parallel tempering needs its density") from e
+        if y.shape[1:] != x.shape[1:]:
+            raise ValueError(f"the reference must draw events of the chains' shape {tuple(x.shape[1:])}; "
+                             f"it draws {tuple(y.shape[1:])} (a product of d Normals needs "
+                             "Independent(Normal(loc, scale), 1))")
+        if lp.shape != (min(2, x.shape[0]),):
+            raise ValueError(f"reference.log_prob must return one value per chain; for x of shape "
+                             f"{tuple(x[:2].shape)} it returned shape {tuple(lp.shape)} (wrap a "
+                             "product of Normals in Independent(..., 1))")
+        if y.dtype != x.dtype or y.device != x.device:
+            raise TypeError(f"the reference must draw on the chains' dtype and device ({x.dtype}, "
+                            f"{x.device}); it draws ({y.dtype}, {y.device})")
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _components(self, x: Tensor, grad: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        lt, gt = evaluate(self.log_prob, x, grad)
+        lr, gr = evaluate(self._ref_log_prob, x, grad)
+        return lt, lr, gt, gr
+
+    def _local_state(self, s: TemperingState, b: Tensor, step_size: Tensor | None) -> State:
+        k, n = s.log_target.shape
+        beta = _expand(b[1:], s.log_target[1:])
+        lp = self._mix(beta, s.log_ref[1:], s.log_target[1:]).reshape(-1)
+        x = s.ladder[1:].reshape(-1, *s.ladder.shape[2:])
+        g = None
+        if s.grad_target is not None:
+            bg = _expand(b[1:], s.grad_target[1:])
+            g = ((1 - bg) * s.grad_ref[1:] + bg * s.grad_target[1:]).reshape(x.shape)
+        base = s.local if s.local is not None else State(x, lp, g, step_size)
+        return base.replace(x=x, log_prob=lp, grad=g, step_size=step_size)
+
+    def _fresh_counters(self, s: TemperingState) -> TemperingState:
+        k, n = s.log_target.shape
+        dev = s.log_target.device
+        z = torch.zeros(k - 1, dtype=torch.float64, device=dev)
+        blocks = torch.full((_N_BLOCKS, k - 1, n), -torch.inf, dtype=torch.float64, device=dev)
+        return s.replace(round_trips=torch.zeros(n, dtype=torch.int64, device=dev),
+                         phase=torch.zeros(k, n, dtype=torch.int8, device=dev),
+                         swap_sum=z, swap_count=z.clone(), invalid_sum=z.clone(),
+                         ss_fwd=blocks, ss_bwd=blocks.clone(), block_len=1, steps=0)
+
+    def init(self, x: Tensor) -> TemperingState:
+        x = check_positions(x)
+        self._check_reference(x)
+        n, k = x.shape[0], self.n_replicas
+        # Slot 0 is redrawn from the reference at every step before any swap, so it can start at
+        # x0 like the others (init takes no generator, and must not touch the global RNG).
+        ladder = x.unsqueeze(0).expand(k, *x.shape).clone()
+        b = self._set_rows(n, x)
+        local = self.local.init(ladder[1:].reshape(-1, *x.shape[1:]))
+        lt, lr, gt, gr = self._components(ladder.reshape(-1, *x.shape[1:]), local.grad is not None)
+        s = TemperingState(x=x, log_prob=lt.view(k, n)[-1], ladder=ladder, log_target=lt.view(k, n),
+                           log_ref=lr.view(k, n),
+                           grad_target=None if gt is None else gt.view(ladder.shape),
+                           grad_ref=None if gr is None else gr.view(ladder.shape), local=local)
+        s = self._fresh_counters(s)
+        s.local = self._local_state(s, b, local.step_size)
+        self.last_state = s
+        return s
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def step(self, state: TemperingState, generator: torch.Generator | None = None
+             ) -> tuple[TemperingState, Info]:
+        s = state
+        k, n = s.log_target.shape
+        event = s.ladder.shape[2:]
+        b = self._set_rows(n, s.x)
+        local, linfo = self.local.step(s.local, generator)
+        ladder = torch.cat([draw(self.reference, (n,), generator)[0].unsqueeze(0),
+                            local.x.view(k - 1, n, *event)])
+        lt, lr, gt, gr = self._components(ladder.reshape(-1, *event), s.grad_target is not None)
+        lt, lr = lt.view(k, n), lr.view(k, n)
+        gt = None if gt is None else gt.view(ladder.shape)
+        gr = None if gr is None else gr.view(ladder.shape)
+
+        # DEO swaps: pairs (k, k+1) with k of the step's parity, all at once.
+        ell = lt - lr
+        db = (b[1:] - b[:-1]).unsqueeze(1)  # (K−1, 1)
+        log_ratio = db * (ell[:-1] - ell[1:])
+        ok = torch.isfinite(ell)
+        if gt is not None:
+            ok = ok & torch.isfinite(gt).flatten(2).all(2)
+        log_ratio = torch.where(ok[:-1] & ok[1:], log_ratio, torch.nan)
+        active = (torch.arange(k - 1, device=s.x.device) % 2 == s.count % 2).unsqueeze(1)
+        acc, prob, bad = mh_accept(log_ratio.reshape(-1), generator)
+        acc = acc.view(k - 1, n) & active
+        prob = torch.where(active, prob.view(k - 1, n), 0.0)
+        bad = bad.view(k - 1, n) * active
+
+        up = torch.zeros(k, n, dtype=torch.long, device=s.x.device)
+        up[:-1] += acc.long()
+        up[1:] -= acc.long()
+        perm = torch.arange(k, device=s.x.device).unsqueeze(1) + up  # slot k takes slot perm[k]
+
+        def permute(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            return torch.gather(t, 0, perm.view(k, n, *([1] * (t.ndim - 2))).expand_as(t))
+
+        ladder, lt, lr, gt, gr = map(permute, (ladder, lt, lr, gt, gr))
+        phase = permute(s.phase)
+        # Round trips: a replica arriving at the reference after reaching the target completes one.
+        at_ref_done = phase[0] == 2
+        round_trips = s.round_trips + at_ref_done.long()
+        phase = phase.clone()
+        phase[0] = 1
+        phase[-1] = torch.where(phase[-1] == 1, 2, phase[-1]).to(phase.dtype)
+
+        # Stepping stone, both directions, from the post-swap replicas (each distributed as its π_k).
+        ell = torch.nan_to_num((lt - lr).double(), nan=-torch.inf)
+        fwd = db.double() * ell[:-1]
+        bwd = -db.double() * ell[1:]
+        ss_fwd, ss_bwd, block_len = s.ss_fwd, s.ss_bwd, s.block_len
+        blk = s.steps // block_len
+        if blk == _N_BLOCKS:
+            ss_fwd, ss_bwd = (torch.cat([torch.logaddexp(t[0::2], t[1::2]),
+                                         torch.full_like(t[: _N_BLOCKS // 2], -torch.inf)])
+                              for t in (ss_fwd, ss_bwd))
+            block_len *= 2
+            blk = s.steps // block_len
+        ss_fwd = ss_fwd.clone()
+        ss_bwd = ss_bwd.clone()
+        ss_fwd[blk] = torch.logaddexp(ss_fwd[blk], torch.nan_to_num(fwd, nan=-torch.inf))
+        ss_bwd[blk] = torch.logaddexp(ss_bwd[blk], torch.nan_to_num(bwd, nan=-torch.inf))
+
+        new = TemperingState(x=ladder[-1], log_prob=lt[-1], ladder=ladder, log_target=lt,
+                             log_ref=lr, grad_target=gt, grad_ref=gr, phase=phase,
+                             round_trips=round_trips,
+                             swap_sum=s.swap_sum + prob.double().sum(1),
+                             swap_count=s.swap_count + active.squeeze(1).double() * n,
+                             invalid_sum=s.invalid_sum + bad.double().sum(1),
+                             ss_fwd=ss_fwd, ss_bwd=ss_bwd, block_len=block_len,
+                             steps=s.steps + 1, count=s.count + 1, local=local, local_info=linfo)
+        new.local = self._local_state(new, b, local.step_size)
+        top = slice((k - 2) * n, (k - 1) * n)
+        n_pairs = active.sum().clamp_min(1)
+        invalid = linfo.invalid.view(k - 1, n).sum(0) + bad.sum(0).to(torch.int32)
+        info = Info(linfo.accept_prob[top], linfo.accepted[top] | acc[-1],
+                    None if linfo.step_size is None else linfo.step_size[top],
+                    invalid.to(torch.int32),
+                    {"swap_accept": prob.sum(0) / n_pairs, "round_trips": round_trips.to(s.x.dtype)})
+        self.last_state = new
+        return new, info
+
+    # -- warm-up -------------------------------------------------------------------------------
+
+    def warmup_init(self, state: TemperingState) -> TemperingWarmup:
+        return TemperingWarmup(self.local.warmup_init(state.local), 0, self.first_round, 0, [])
+
+    def warmup_update(self, wstate: TemperingWarmup, state: TemperingState, info: Info,
+                      generator: torch.Generator | None = None
+                      ) -> tuple[TemperingWarmup, TemperingState]:
+        wstate.local, local = self.local.warmup_update(wstate.local, state.local, state.local_info,
+                                                       generator)
+        state = state.replace(local=local)
+        wstate.in_round += 1
+        if wstate.in_round < wstate.round_len or not self.tune_schedule:
+            return wstate, state
+        # End of a round: a new schedule from this round's rejection rates, then a fresh round.
+        rates = (state.swap_sum / state.swap_count.clamp_min(1)).cpu().numpy()
+        rejection = 1.0 - rates
+        old = self._betas.numpy()
+        barrier = float(rejection.sum())
+        k = self.n_replicas
+        if not self.fixed_replicas and wstate.round < 3:
+            k = replicas_for_barrier(barrier)
+        new_betas = torch.as_tensor(optimal_schedule(old, rejection, k), dtype=torch.float64)
+        wstate.history.append({"betas": old.tolist(), "rejection": rejection.tolist(),
+                               "barrier": barrier})
+        state = self._reschedule(state, new_betas)
+        wstate.local = self.local.warmup_init(state.local)
+        wstate.round += 1
+        wstate.round_len *= 2
+        wstate.in_round = 0
+        return wstate, state
+
+    def _reschedule(self, s: TemperingState, new_betas: Tensor) -> TemperingState:
+        """Move the ladder onto ``new_betas``: each new slot takes the positions of the old slot
+        with the nearest β, and a step size interpolated in log scale over β."""
+        old = self._betas
+        k, n = s.log_target.shape
+        src = (new_betas.unsqueeze(1) - old.unsqueeze(0)).abs().argmin(1)
+        src[0], src[-1] = 0, k - 1
+        src = src.to(s.x.device)
+
+        def take(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[src].clone()
+
+        h = s.local.step_size
+        new_h = None
+        if h is not None:
+            log_h = h.view(k - 1, n).log().double().cpu().numpy()
+            ob = old[1:].numpy()
+            nb = new_betas[1:].numpy()
+            interp = np.stack([np.interp(nb, ob, log_h[:, c]) for c in range(n)], 1)
+            new_h = torch.as_tensor(np.exp(interp), dtype=h.dtype, device=h.device).reshape(-1)
+        self._betas = new_betas
+        t = s.replace(ladder=take(s.ladder), log_target=take(s.log_target), log_ref=take(s.log_ref),
+                      grad_target=take(s.grad_target), grad_ref=take(s.grad_ref), local=None)
+        t = self._fresh_counters(t)
+        b = self._set_rows(n, s.x)
+        t.local = self._local_state(t, b, new_h)
+        self.last_state = t
+        return t
+
+    def warmup_final(self, wstate: TemperingWarmup, state: TemperingState) -> TemperingState:
+        self.history = wstate.history
+        local = self.local.warmup_final(wstate.local, state.local)
+        state = self._fresh_counters(state.replace(local=local))
+        self.last_state = state
+        return state
+
+    # -- what the run measured -----------------------------------------------------------------
+
+    def _state(self, state: TemperingState | None) -> TemperingState:
+        s = state if state is not None else self.last_state
+        if s is None:
+            raise RuntimeError("no run yet: call samplers.sample(kernel, x0, ...) first")
+        return s
+
+    def swap_accept_rates(self, state: TemperingState | None = None) -> Tensor:
+        """Mean swap acceptance probability of each neighbouring pair ``(K−1,)`` since warm-up."""
+        s = self._state(state)
+        return (s.swap_sum / s.swap_count.clamp_min(1)).cpu()
+
+    @property
+    def barrier(self) -> float:
+        """The global communication barrier Λ: the sum of the pairs' swap rejection rates."""
+        return float((1.0 - self.swap_accept_rates()).sum())
+
+    @property
+    def round_trip_rate(self) -> float:
+        """Round trips (reference → target → reference) per chain per 1000 steps since warm-up."""
+        s = self._state(None)
+        return 1000.0 * float(s.round_trips.double().mean()) / max(s.steps, 1)
+
+    def log_normalizer(self, state: TemperingState | None = None) -> tuple[float, float]:
+        """``(log Z, standard error)`` of the target by stepping stone, relative to a normalized
+        reference, from the draws since warm-up.
+
+        ``log Z = Σ_k log E_{π_k}[exp((β_{k+1}−β_k) ℓ)]`` (forward) and ``−Σ_k log
+        E_{π_{k+1}}[exp(−(β_{k+1}−β_k) ℓ)]`` (backward) are averaged, which cancels their
+        first-order biases of opposite sign. The standard error is the delta method over
+        independent units — each chain's steps cut into blocks (at most 32 per chain) — so it
+        accounts for the correlation between rungs of one ladder and, through the blocks, within a
+        chain. Fewer than 16 units make it unreliable; it is then NaN.
+        """
+        s = self._state(state)
+        full = s.steps // s.block_len
+        rest = s.steps - full * s.block_len
+        counts = [s.block_len] * full + ([rest] if rest else [])
+        nb = len(counts)
+        if nb == 0:
+            raise RuntimeError("no post-warm-up steps: run samplers.sample with n_steps > 0 first")
+        fwd = s.ss_fwd[:nb].cpu().double()  # (B, K−1, n)
+        bwd = s.ss_bwd[:nb].cpu().double()
+        cnt = torch.tensor(counts, dtype=torch.float64).view(nb, 1, 1)
+        n_total = cnt.sum() * fwd.shape[2]
+        log_rf = torch.logsumexp(fwd, dim=(0, 2)) - n_total.log()  # (K−1,)
+        log_rb = torch.logsumexp(bwd, dim=(0, 2)) - n_total.log()
+        est = 0.5 * (float(log_rf.sum()) - float(log_rb.sum()))
+        # Linearization: per unit u, Σ_k (s_uk − N_u r_k)/r_k for each direction.
+        lin_f = ((fwd - log_rf.view(1, -1, 1)).exp() - cnt).sum(1)  # (B, n)
+        lin_b = ((bwd - log_rb.view(1, -1, 1)).exp() - cnt).sum(1)
+        lin = (0.5 * (lin_f - lin_b)).flatten()
+        # Units of unequal length (a last partial block): weights follow their counts.
+        units = lin.numel()
+        if units < 16:
+            return est, math.nan
+        se = float(lin.pow(2).sum().sqrt() / n_total * math.sqrt(units / (units - 1)))
+        return est, se
+
+    def __repr__(self) -> str:
+        return (f"ParallelTempering(n_replicas={self.n_replicas}, local={self.local!r}, "
+                f"reference={type(self.reference).__name__})")
