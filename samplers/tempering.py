@@ -89,6 +89,13 @@ class TemperingWarmup:
     history: list[dict]  # per round: betas, rejection, barrier
 
 
+def swap_log_ratio(delta_beta: Tensor, ell_low: Tensor, ell_high: Tensor) -> Tensor:
+    """Log acceptance ratio of swapping the replicas at ``β_k`` and ``β_{k+1}``:
+    ``(β_{k+1} − β_k)(ℓ(x_k) − ℓ(x_{k+1}))`` with ``ℓ = log target − log reference``, each ``(K−1, n)``
+    (``delta_beta`` broadcasts)."""
+    return delta_beta * (ell_low - ell_high)
+
+
 def _expand(t: Tensor, like: Tensor) -> Tensor:
     return t.view(*t.shape, *([1] * (like.ndim - t.ndim)))
 
@@ -295,7 +302,7 @@ class ParallelTempering(Kernel):
         # DEO swaps: pairs (k, k+1) with k of the step's parity, all at once.
         ell = lt - lr
         db = (b[1:] - b[:-1]).unsqueeze(1)  # (K−1, 1)
-        log_ratio = db * (ell[:-1] - ell[1:])
+        log_ratio = swap_log_ratio(db, ell[:-1], ell[1:])
         ok = torch.isfinite(ell)
         if gt is not None:
             ok = ok & torch.isfinite(gt).flatten(2).all(2)

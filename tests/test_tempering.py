@@ -1,0 +1,171 @@
+"""Parallel tempering: exact at β = 1, finds every mode of a mixture from a broad start, estimates
+log Z within its standard error, and refuses bad input with clear messages.
+
+Tolerances: moments within 4 Monte-Carlo standard errors (ESS-based, `tests.stats`); mode weights
+within 4 MCSEs of the indicator means; log Z within 3 of its own standard errors.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+import samplers
+import samplers.tempering as tempering
+from samplers.schedule import cumulative_barrier, optimal_schedule, replicas_for_barrier
+from tests.stats import moment_zscores
+
+D = 5
+_A = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0],
+                   [0.6, 0.8, 0.0, 0.0, 0.0],
+                   [-0.3, 0.4, 0.7, 0.0, 0.0],
+                   [0.2, -0.2, 0.3, 0.5, 0.0],
+                   [0.1, 0.5, -0.2, 0.3, 1.2]])
+MEAN = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0])
+COV = _A @ _A.T
+GAUSS = MultivariateNormal(MEAN, COV)
+Z_TOL = 4.0
+
+
+def broad(d, scale=6.0):
+    return Independent(Normal(torch.zeros(d), scale * torch.ones(d)), 1)
+
+
+class Mixture:
+    """Isotropic Gaussian mixture times ``exp(log_c)``: ``log Z = log_c`` exactly."""
+
+    def __init__(self, centers, sds, weights, log_c=0.0):
+        self.centers, self.sds = torch.as_tensor(centers), torch.as_tensor(sds)
+        self.weights, self.log_c = torch.as_tensor(weights), log_c
+        self.d = self.centers.shape[1]
+
+    def component_log_prob(self, x):
+        z = (x.unsqueeze(1) - self.centers) / self.sds.unsqueeze(1)
+        return (-0.5 * z.pow(2).sum(-1) - self.d * self.sds.log()
+                - 0.5 * self.d * math.log(2 * math.pi) + self.weights.log())
+
+    def __call__(self, x):
+        return torch.logsumexp(self.component_log_prob(x), 1) + self.log_c
+
+    def assign(self, x):
+        flat = x.reshape(-1, self.d)
+        return self.component_log_prob(flat).argmax(-1).view(x.shape[:-1])
+
+
+def three_modes(d, log_c=0.0):
+    centers = torch.zeros(3, d)
+    centers[0, 0], centers[1, 0], centers[2, 1] = 8.0, -8.0, 8.0
+    return Mixture(centers, [1.0, 0.3, 0.5], [0.5, 0.3, 0.2], log_c)
+
+
+def run(kernel, x0, n_steps, warmup, seed):
+    g = torch.Generator().manual_seed(seed)
+    return samplers.sample(kernel, x0, n_steps=n_steps, warmup=warmup, progress=False, generator=g)
+
+
+def test_parallel_tempering_leaves_gaussian_invariant_at_beta_one():
+    x0 = MEAN + torch.randn(64, D, generator=torch.Generator().manual_seed(0))
+    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=4)
+    trace = run(kernel, x0, 600, 300, seed=10)
+    z = moment_zscores(trace.samples, MEAN, COV)
+    assert np.abs(z).max() < Z_TOL, f"worst z-score {np.abs(z).max():.2f}"
+
+
+def test_moment_check_catches_a_swap_ratio_with_the_sign_flipped(monkeypatch):
+    # A swap ratio with ℓ(x_k) and ℓ(x_{k+1}) exchanged favours moving hot positions to β = 1:
+    # the same check as above must fail.
+    monkeypatch.setattr(tempering, "swap_log_ratio", lambda db, lo, hi: db * (hi - lo))
+    x0 = MEAN + torch.randn(64, D, generator=torch.Generator().manual_seed(0))
+    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=4)
+    trace = run(kernel, x0, 600, 300, seed=10)
+    z = moment_zscores(trace.samples, MEAN, COV)
+    assert np.abs(z).max() > Z_TOL
+
+
+def test_defaults_find_every_mode_from_a_broad_start_and_estimate_log_z():
+    target = three_modes(2, log_c=3.7)
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))  # all near the origin
+    kernel = samplers.ParallelTempering(target, broad(2, 10.0))
+    trace = run(kernel, x0, 1500, 700, seed=2)
+    labels = target.assign(trace.samples)  # (chains, draws)
+    # Chains are independent ladders: the SE of a weight is the spread of the chains' occupancies.
+    occupancy = torch.stack([(labels == m).double().mean(1) for m in range(3)], 1)  # (chains, 3)
+    se = occupancy.std(0) / math.sqrt(occupancy.shape[0])
+    err = (occupancy.mean(0) - target.weights.double()).abs()
+    assert bool((err < 4 * se + 1e-3).all()), f"weight errors {err.tolist()} vs SE {se.tolist()}"
+    log_z, log_z_se = kernel.log_normalizer()
+    assert log_z_se <= 0.05, log_z_se
+    assert abs(log_z - 3.7) <= 3 * log_z_se, (log_z, log_z_se)
+    assert kernel.barrier > 0.5 and kernel.round_trip_rate > 10
+    assert trace.stats["swap_accept"].shape == (16, 1500)
+    assert bool((trace.stats["round_trips"].diff(dim=1) >= 0).all())
+
+
+def test_mala_alone_misses_the_modes_that_tempering_finds():
+    # The control for the test above: the same start and budget without tempering stays put.
+    target = three_modes(2)
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    trace = run(samplers.MALA(target, 0.1), x0, 1000, 500, seed=2)
+    weights = torch.bincount(target.assign(trace.samples).flatten(), minlength=3) / (16 * 1000)
+    assert (weights - target.weights).abs().max() > 0.1
+
+
+def test_nan_log_density_at_replicas_is_rejected_and_counted():
+    def holed(x):  # NaN on a half-plane that the broad reference visits often
+        lp = -0.5 * x.pow(2).sum(-1)
+        return torch.where(x[:, 0] > 3.0, torch.nan, lp)
+
+    kernel = samplers.ParallelTempering(holed, broad(2, 5.0), n_replicas=5)
+    trace = run(kernel, torch.zeros(8, 2), 300, 100, seed=3)
+    assert bool(torch.isfinite(trace.samples).all()) and bool((trace.samples[..., 0] <= 3.0).all())
+    assert int(trace.stats["invalid"].sum()) > 0
+    assert float(kernel.last_state.invalid_sum.sum()) > 0
+
+
+def test_same_generator_same_chains_and_streaming_matches_memory(tmp_path):
+    target = three_modes(2)
+
+    def go(**kw):
+        kernel = samplers.ParallelTempering(target, broad(2, 10.0), n_replicas=6)
+        g = torch.Generator().manual_seed(5)
+        return samplers.sample(kernel, torch.zeros(4, 2), 60, warmup=40, progress=False,
+                               generator=g, **kw)
+
+    a, b = go(), go()
+    torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=0)
+    streamed = go(out=tmp_path / "run", chunk_size=25).load()
+    torch.testing.assert_close(streamed.samples, a.samples, rtol=0, atol=0)
+    torch.testing.assert_close(streamed.stats["round_trips"], a.stats["round_trips"])
+
+
+def test_any_kernel_factory_serves_as_local_kernel():
+    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=3,
+                                        local=lambda lp: samplers.HMC(lp, 0.1, n_leapfrog=4))
+    trace = run(kernel, MEAN.expand(8, D).clone(), 50, 20, seed=4)
+    assert trace.samples.shape == (8, 50, D) and bool(torch.isfinite(trace.samples).all())
+
+
+def test_schedule_tuning_equalizes_rejection_per_gap():
+    # Rejection proportional to a known barrier density λ(β) = 3β²: the optimal schedule puts
+    # β_k at Λ^{-1}(Λ k/(K−1)) with Λ(β) = β³, i.e. β_k = (k/(K−1))^{1/3}.
+    betas = np.linspace(0, 1, 41)
+    rejection = np.diff(betas**3)
+    new = optimal_schedule(betas, rejection, 6)
+    np.testing.assert_allclose(new, (np.arange(6) / 5) ** (1 / 3), atol=2e-3)
+    assert cumulative_barrier(betas, rejection)[-1] == pytest.approx(1.0)
+    assert replicas_for_barrier(0.1) == 4 and replicas_for_barrier(5.0) == 21
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: samplers.ParallelTempering(GAUSS.log_prob, broad(3)), "event"),
+    (lambda: samplers.ParallelTempering(GAUSS.log_prob, Normal(torch.zeros(D), 1.0)), "Independent"),
+    (lambda: samplers.ParallelTempering(GAUSS.log_prob, object()), "log_prob"),
+    (lambda: samplers.ParallelTempering(GAUSS.log_prob, broad(D), n_replicas=1), ">= 2"),
+    (lambda: samplers.ParallelTempering(GAUSS.log_prob, broad(D), betas=[0.0, 0.7, 0.5, 1.0]),
+     "increase"),
+])
+def test_bad_reference_or_ladder_is_refused_clearly(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make().init(torch.zeros(4, D))
