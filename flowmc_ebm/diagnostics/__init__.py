@@ -20,7 +20,12 @@ from flowmc_ebm.diagnostics.grid import (
     grid_mode_weights,
     grid_quadrature,
 )
-from flowmc_ebm.diagnostics.hopping import ModeHopping, StuckChainsWarning, mode_hopping
+from flowmc_ebm.diagnostics.hopping import (
+    ModeHopping,
+    StuckChainsWarning,
+    UnvisitedModesWarning,
+    mode_hopping,
+)
 from flowmc_ebm.diagnostics.metrics import log_density_error, mode_weight_mse
 from flowmc_ebm.diagnostics.mixing import RHAT_THRESHOLD, MixingSummary, max_rhat, mixing
 from flowmc_ebm.diagnostics.modes import FittedModes, fit_modes, mode_labels
@@ -46,6 +51,7 @@ __all__ = [
     "ModeWeights",
     "Report",
     "StuckChainsWarning",
+    "UnvisitedModesWarning",
     "compare_mode_weights",
     "fit_modes",
     "grid_log_density",

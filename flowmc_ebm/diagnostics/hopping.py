@@ -17,6 +17,11 @@ class StuckChainsWarning(UserWarning):
     """Chains never left their starting modes while several modes are populated."""
 
 
+class UnvisitedModesWarning(UserWarning):
+    """Modes are known (centers, an assign with its count of modes, a target) but no chain
+    visited them: chain occupancy cannot estimate their weights."""
+
+
 @dataclass(frozen=True)
 class ModeHopping:
     """How chains travel between modes. `C` chains, `T` draws, `K` modes.
@@ -60,6 +65,11 @@ class ModeHopping:
         return self.occupancy.max(axis=0) > 0
 
     @property
+    def unvisited(self) -> np.ndarray:
+        """Indices of the modes no chain ever visited."""
+        return np.flatnonzero(~self.populated)
+
+    @property
     def max_rhat(self) -> float:
         """Largest finite-or-infinite R-hat of the mode indicators; NaN if none is defined."""
         defined = self.rhat[~np.isnan(self.rhat)]
@@ -76,6 +86,7 @@ class ModeHopping:
             "rhat": self.rhat.tolist(),
             "max_rhat": self.max_rhat,
             "populated": self.populated.tolist(),
+            "unvisited": self.unvisited.tolist(),
             "stuck_chains": int(self.stuck_chains.sum()),
             "stuck": self.stuck,
             "message": self.message,
@@ -140,7 +151,8 @@ def mode_hopping(trace: Any, assign: Any, *, n_modes: int | None = None, warn: b
     stuck_chains = transitions == 0
     n_populated = int((occupancy.max(axis=0) > 0).sum())
     stuck = n_populated >= 2 and bool(stuck_chains.all())
-    message = _message(stuck, stuck_chains, n_populated, k, chains)
+    unvisited = np.flatnonzero(occupancy.max(axis=0) == 0)
+    message = _message(stuck, stuck_chains, n_populated, k, chains, unvisited)
     if stuck and warn:
         warnings.warn(message, StuckChainsWarning, stacklevel=2)
     return ModeHopping(
@@ -148,19 +160,27 @@ def mode_hopping(trace: Any, assign: Any, *, n_modes: int | None = None, warn: b
     )
 
 
-def _message(stuck: bool, stuck_chains: np.ndarray, n_populated: int, k: int, chains: int) -> str:
+def unvisited_message(unvisited: np.ndarray, k: int) -> str:
+    """The sentence that names the modes no chain visited."""
+    return (
+        f"Only {k - len(unvisited)} of {k} modes visited by any chain: modes "
+        f"{[int(m) for m in unvisited]} were never visited, so occupancy cannot estimate their "
+        f"weights (reported as not estimable); compare with importance_mode_weights."
+    )
+
+
+def _message(
+    stuck: bool, stuck_chains: np.ndarray, n_populated: int, k: int, chains: int, unvisited: np.ndarray
+) -> str:
+    notes = []
     if stuck:
-        return (
+        notes.append(
             f"STUCK: no chain ever left its starting mode, while {n_populated} modes are "
             f"populated across chains. Mode weights from occupancy only echo the starting "
             f"points; coordinate R-hat may still look fine if the modes are alike."
         )
-    notes = []
-    if stuck_chains.any() and n_populated >= 2:
+    elif stuck_chains.any() and n_populated >= 2:
         notes.append(f"{int(stuck_chains.sum())} of {chains} chains never changed mode.")
-    if n_populated < k:
-        notes.append(
-            f"Only {n_populated} of {k} modes visited by any chain: occupancy cannot tell "
-            f"whether the others carry mass; compare with importance_mode_weights."
-        )
+    if unvisited.size:
+        notes.append(unvisited_message(unvisited, k))
     return " ".join(notes)

@@ -189,7 +189,7 @@ def _mode_diagnostics(
     result.hopping = hopping = mode_hopping(x, assign, n_modes=n_modes, warn=False)
     if hopping.message:
         result.warnings.append(hopping.message)
-    result.occupancy = mode_weights(x, hopping.labels, n_modes=hopping.n_modes)
+    result.occupancy = mode_weights(x, hopping.labels, n_modes=hopping.n_modes, warn=False)
     if result.true_weights is not None:
         result.metrics["occupancy_mode_weight_mse"] = float(
             np.mean((result.occupancy.weights - result.true_weights) ** 2)

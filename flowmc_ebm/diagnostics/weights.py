@@ -13,6 +13,7 @@ Both give Wilson score intervals with the effective sample size in place of `n`,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from flowmc_ebm.diagnostics import _arviz
 from flowmc_ebm.diagnostics._chains import chains_tensor, require_shape
+from flowmc_ebm.diagnostics.hopping import UnvisitedModesWarning, unvisited_message
 from flowmc_ebm.diagnostics.modes import chain_labels, infer_n_modes, mode_labels
 
 #: Pareto k-hat above this means importance-sampling estimates are unreliable (Vehtari et al.).
@@ -45,6 +47,12 @@ class ModeWeights:
             above 0.7 the standard errors are not to be trusted.
         weights_ess: importance sampling only: Kish ESS `1 / sum(normalized_w**2)`.
         n: number of draws (occupancy) or of proposals (importance).
+        estimable: `(K,)` whether the estimator can put an error bar on each weight; where it
+            cannot (a mode no chain visited), `se`, `lower` and `upper` are NaN, never a
+            zero-width interval. None means all are.
+        se_method: `(K,)` how each standard error was obtained: "within-chain ESS",
+            "between-chain" (chains as clusters) or "not estimable: <why>"; None for
+            importance sampling.
     """
 
     weights: np.ndarray
@@ -57,6 +65,12 @@ class ModeWeights:
     level: float = 0.95
     pareto_k: float | None = None
     weights_ess: float | None = None
+    estimable: np.ndarray | None = None
+    se_method: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.estimable is None:
+            object.__setattr__(self, "estimable", np.ones(self.weights.shape[0], dtype=bool))
 
     @property
     def n_modes(self) -> int:
@@ -72,7 +86,10 @@ class ModeWeights:
             "lower": self.lower.tolist(),
             "upper": self.upper.tolist(),
             "ess": self.ess.tolist(),
+            "estimable": self.estimable.tolist(),
         }
+        if self.se_method is not None:
+            out["se_method"] = list(self.se_method)
         if self.pareto_k is not None:
             out["pareto_k"] = self.pareto_k
             out["weights_ess"] = self.weights_ess
@@ -90,11 +107,17 @@ class ModeWeights:
         head = f"{'mode':>5} {'weight':>8} {'se':>8} {pct + ' interval':>20} {'ESS':>8}"
         lines.append(head + (f" {'true':>7}" if truth is not None else ""))
         for k in range(self.n_modes):
-            line = (
-                f"{k:>5} {self.weights[k]:>8.4f} {self.se[k]:>8.4f} "
-                f"{f'[{self.lower[k]:.4f}, {self.upper[k]:.4f}]':>20} {self.ess[k]:>8.0f}"
-            )
-            lines.append(line + (f" {truth[k]:>7.4f}" if truth is not None else ""))
+            if self.estimable[k]:
+                line = (
+                    f"{k:>5} {self.weights[k]:>8.4f} {self.se[k]:>8.4f} "
+                    f"{f'[{self.lower[k]:.4f}, {self.upper[k]:.4f}]':>20} {self.ess[k]:>8.0f}"
+                )
+            else:
+                line = f"{k:>5} {self.weights[k]:>8.4f} {'-':>8} {'not estimable':>20} {'-':>8}"
+            line += f" {truth[k]:>7.4f}" if truth is not None else ""
+            if self.se_method is not None and self.se_method[k] != "within-chain ESS":
+                line += f"  ({self.se_method[k]})"
+            lines.append(line)
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -102,7 +125,7 @@ class ModeWeights:
 
 
 def mode_weights(
-    samples: Any, assign: Any, *, n_modes: int | None = None, level: float = 0.95
+    samples: Any, assign: Any, *, n_modes: int | None = None, level: float = 0.95, warn: bool = True
 ) -> ModeWeights:
     """Mode weights as the chains' occupancy, with autocorrelation-aware errors.
 
@@ -117,6 +140,7 @@ def mode_weights(
         assign: callable, centers `(K, dim)`, `FittedModes` or labels `(chains, draws)`.
         n_modes: K; inferred from `assign` when it knows it, else the largest label + 1.
         level: coverage of the intervals.
+        warn: emit an `UnvisitedModesWarning` naming the modes no chain visited.
 
     Returns:
         `ModeWeights` with `method="occupancy"`.
@@ -138,7 +162,26 @@ def mode_weights(
     ess = _arviz.ess(indicators, "mean")
     se = _arviz.mcse_mean(indicators)
     lower, upper = _wilson(weights, ess, level)
-    return ModeWeights(weights, se, lower, upper, ess, "occupancy", int(labels.size), level)
+    method = ["within-chain ESS"] * k
+    unvisited = np.flatnonzero(weights == 0)
+    for m in unvisited:
+        method[m] = "not estimable: never visited"
+    estimable = np.array([not m.startswith("not estimable") for m in method])
+    se, lower, upper, ess = (np.where(estimable, a, np.nan) for a in (se, lower, upper, ess))
+    if unvisited.size and warn:
+        warnings.warn(unvisited_message(unvisited, k), UnvisitedModesWarning, stacklevel=2)
+    return ModeWeights(
+        weights,
+        se,
+        lower,
+        upper,
+        ess,
+        "occupancy",
+        int(labels.size),
+        level,
+        estimable=estimable,
+        se_method=tuple(method),
+    )
 
 
 def importance_mode_weights(
