@@ -14,9 +14,10 @@ from flowmc_ebm.diagnostics import (
 )
 
 DIM = 10
-# Three modes of a 10-D mixture, 8 apart along the first axis.
+# Three modes of a 10-D mixture, 12 apart along the first axis (a draw crosses to a
+# neighbour with probability 1e-9).
 CENTERS = np.zeros((3, DIM))
-CENTERS[:, 0] = [-8.0, 0.0, 8.0]
+CENTERS[:, 0] = [-12.0, 0.0, 12.0]
 
 
 def draws_in(modes_of_chains, draws=300, seed=0, dim=DIM):
@@ -40,3 +41,25 @@ def test_modes_never_visited_are_named_and_their_weights_not_estimable():
     assert any("never visited" in m and "[1, 2]" in m for m in r.warnings), r.warnings
     hop = mode_hopping(x, CENTERS, warn=False)
     assert hop.unvisited.tolist() == [1, 2]
+
+
+# --- 2. a mode indicator constant within every chain ---------------------------------------
+
+
+def test_indicator_constant_within_every_chain_gets_a_between_chain_error_or_none():
+    # All chains in mode 0 throughout: weight 1, but no SE of 0 and no interval [1, 1].
+    w = mode_weights(draws_in([0, 0, 0, 0]), CENTERS, warn=False)
+    assert not w.estimable[0] and np.isnan(w.se[0]) and np.isnan(w.lower[0])
+    assert w.se_method[0].startswith("not estimable")
+    # Chains stuck apart, 3 in mode 0 and 3 in mode 2: chains are the clusters, so the SE is
+    # the sd of the 6 chain means over sqrt(6), the effective size 6 chains.
+    w = mode_weights(draws_in([0, 0, 0, 2, 2, 2]), CENTERS, warn=False)
+    chain_means = np.array([1, 1, 1, 0, 0, 0.0])
+    assert w.se_method[0] == w.se_method[2] == "between-chain"
+    assert w.se[0] == pytest.approx(chain_means.std(ddof=1) / np.sqrt(6))
+    assert w.ess[0] == 6 and w.upper[0] - w.lower[0] > 0.5
+    # A mode the chains hop in and out of keeps the within-chain (ArviZ) error.
+    rng = np.random.default_rng(1)
+    hopping = CENTERS[rng.integers(0, 3, size=(4, 300))] + rng.normal(size=(4, 300, DIM))
+    w = mode_weights(hopping, CENTERS)
+    assert w.se_method == ("within-chain ESS",) * 3 and w.estimable.all()

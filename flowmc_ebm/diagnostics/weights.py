@@ -2,7 +2,8 @@
 
 - `mode_weights`: occupancy of the chains. Its standard error is ArviZ's MCSE of the mean of
   each mode's indicator, i.e. `sd / sqrt(ess)` with ArviZ's multi-chain ESS of that indicator,
-  so autocorrelation and chains stuck apart widen it (no batch means).
+  so autocorrelation and chains stuck apart widen it (no batch means); where the indicator is
+  constant within every chain, a between-chain error (chains as clusters), or "not estimable".
 - `importance_mode_weights`: self-normalized importance sampling with a proposal (the flow),
   which does not depend on the chains having mixed. Its standard error is the delta-method one
   of the SNIS ratio.
@@ -131,9 +132,14 @@ def mode_weights(
 
     The weight of mode k is the fraction of all draws in it; its standard error is ArviZ's
     MCSE of the mean of the indicator `1[label == k]` over `(chains, draws)`, so chains that
-    stay apart yield a large error (small ESS), not a falsely precise one. A mode no chain
-    leaves or none visits has a constant indicator: ArviZ's ESS is then the number of draws and
-    the error 0; only another estimator (`importance_mode_weights`) can reveal that.
+    stay apart yield a large error (small ESS), not a falsely precise one.
+
+    Where a mode's indicator is constant within every chain, the within-chain ESS means nothing:
+    if the chains differ (some always in the mode, some never), the chains are the clusters and
+    the error is the sd of the chain means over sqrt(chains), with the number of chains as ESS
+    (`se_method` "between-chain"); if they agree (no chain visits the mode, or every chain sits
+    in it throughout), the weight is not estimable from occupancy and its `se` and interval are
+    NaN. Only another estimator (`importance_mode_weights`) can then say more.
 
     Args:
         samples: a Trace or an array / tensor `(chains, draws, *event)`; at least 4 draws.
@@ -162,10 +168,27 @@ def mode_weights(
     ess = _arviz.ess(indicators, "mean")
     se = _arviz.mcse_mean(indicators)
     lower, upper = _wilson(weights, ess, level)
+    # Where a mode's indicator is constant within every chain, ArviZ's within-chain ESS means
+    # nothing (it is the number of draws, or undefined): chains are then the clusters, each one
+    # draw of "in" or "out", and the error comes from how the chains differ, if they do.
+    chain_means = indicators.mean(axis=1)  # (chains, K)
+    constant = (indicators.min(axis=1) == indicators.max(axis=1)).all(axis=0)
     method = ["within-chain ESS"] * k
+    for m in np.flatnonzero(constant):
+        means = chain_means[:, m]
+        if weights[m] == 0:
+            method[m] = "not estimable: never visited"
+        elif np.all(means == means[0]):
+            method[m] = "not estimable: every chain sits in this mode throughout"
+        else:
+            method[m] = "between-chain"
+            ess[m] = means.shape[0]
+            se[m] = means.std(ddof=1) / np.sqrt(means.shape[0])
+    between = np.array([m == "between-chain" for m in method])
+    if between.any():
+        lo, hi = _wilson(weights[between], ess[between], level)
+        lower[between], upper[between] = lo, hi
     unvisited = np.flatnonzero(weights == 0)
-    for m in unvisited:
-        method[m] = "not estimable: never visited"
     estimable = np.array([not m.startswith("not estimable") for m in method])
     se, lower, upper, ess = (np.where(estimable, a, np.nan) for a in (se, lower, upper, ess))
     if unvisited.size and warn:
