@@ -16,7 +16,6 @@ error (`ParallelTempering.log_normalizer`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +25,15 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ._checks import check_log_prob_fn, check_positions, check_positive_int, check_step_size, evaluate
+from ._checks import check_log_prob_fn, check_positions, check_positive_int, check_step_size
 from .base import Info, Kernel, LogProb, State
 from .independent import draw, resolve
-from .mala import MALA
-from .proposal import mh_accept
+from .proposal import event_view, mh_accept
 from .schedule import optimal_schedule, replicas_for_barrier
+from .stepping_stone import SteppingStoneSums
+from .tempered_path import PathMALA, PathState, TemperedPath, mix, path_state
 
 KernelFactory = Callable[[LogProb], Kernel]
-
-# Stepping-stone sums are kept per block of steps; when all blocks are full, neighbours are merged
-# and the block length doubles, so memory stays fixed however long the run.
-_N_BLOCKS = 32
 
 
 @dataclass
@@ -55,8 +51,7 @@ class TemperingState(State):
         round_trips: reference → target → reference trips completed per chain ``(n,)``.
         swap_sum, swap_count: summed swap acceptance probabilities and attempts per pair ``(K−1,)``.
         invalid_sum: swaps refused because a log-density or gradient was not finite ``(K−1,)``.
-        ss_fwd, ss_bwd: stepping-stone log-sums per block ``(_N_BLOCKS, K−1, n)``, float64.
-        block_len: steps per stepping-stone block; steps: steps since the counters were reset.
+        stones: the stepping-stone sums since the counters were reset.
         count: steps taken in all (its parity chooses even or odd swaps).
         local_info: the last local step's `Info`, which the warm-up feeds to the local kernel.
     """
@@ -72,10 +67,7 @@ class TemperingState(State):
     swap_sum: Tensor | None = None
     swap_count: Tensor | None = None
     invalid_sum: Tensor | None = None
-    ss_fwd: Tensor | None = None
-    ss_bwd: Tensor | None = None
-    block_len: int = 1
-    steps: int = 0
+    stones: SteppingStoneSums | None = None
     count: int = 0
     local_info: Info | None = None
 
@@ -171,16 +163,14 @@ class ParallelTempering(Kernel):
         self.tune_schedule = tune_schedule
         self.first_round = first_round
         self.local_step_size = local_step_size
-        factory = local if local is not None else (lambda lp: MALA(lp, local_step_size))
-        self.local = factory(self._tempered)
+        self.path = TemperedPath(log_prob, reference)
+        self.local = (PathMALA(self.path, local_step_size) if local is None
+                      else local(self.path.log_prob))
         if not isinstance(self.local, Kernel):
             raise TypeError(f"local(log_prob) must return a samplers Kernel; "
                             f"got {type(self.local).__name__}")
-        self._row_beta: Tensor | None = None  # β of each local row ((K−1)·n,), on the chains' device
         self.history: list[dict] = []
         self.last_state: TemperingState | None = None
-
-    # -- the path of distributions -------------------------------------------------------------
 
     @property
     def betas(self) -> Tensor:
@@ -191,28 +181,11 @@ class ParallelTempering(Kernel):
     def n_replicas(self) -> int:
         return self._betas.numel()
 
-    def _ref_log_prob(self, x: Tensor) -> Tensor:
-        return resolve(self.reference).log_prob(x)
-
-    @staticmethod
-    def _mix(beta: Tensor, log_ref: Tensor, log_target: Tensor) -> Tensor:
-        # β = 1 must be the target exactly, even where the reference is -inf (0 · -inf is NaN).
-        return torch.where(beta < 1, (1 - beta) * log_ref, 0.0) + beta * log_target
-
-    def _tempered(self, x: Tensor) -> Tensor:
-        """Tempered log-density of the local rows; a batch of ``m`` times as many rows (i-SIR's
-        candidates, ``(m, rows)`` flattened) gets the rows' β's tiled."""
-        beta = self._row_beta
-        if x.shape[0] != beta.shape[0]:
-            beta = beta.repeat(x.shape[0] // beta.shape[0])
-        return self._mix(beta.to(x.dtype), self._ref_log_prob(x), self.log_prob(x))
-
     def _set_rows(self, n: int, like: Tensor) -> Tensor:
+        """The schedule on the chains' device; the path's rows (slots 1..K−1) get their β's."""
         b = self._betas.to(device=like.device, dtype=like.dtype)
-        self._row_beta = b[1:].repeat_interleave(n)
+        self.path.row_beta = b[1:].repeat_interleave(n)
         return b
-
-    # -- validation ----------------------------------------------------------------------------
 
     def _check_reference(self, x: Tensor) -> None:
         dist = resolve(self.reference)
@@ -237,32 +210,26 @@ class ParallelTempering(Kernel):
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _components(self, x: Tensor, grad: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        lt, gt = evaluate(self.log_prob, x, grad)
-        lr, gr = evaluate(self._ref_log_prob, x, grad)
-        return lt, lr, gt, gr
-
     def _local_state(self, s: TemperingState, b: Tensor, step_size: Tensor | None) -> State:
-        k, n = s.log_target.shape
-        beta = _expand(b[1:], s.log_target[1:])
-        lp = self._mix(beta, s.log_ref[1:], s.log_target[1:]).reshape(-1)
+        """The local kernel's state over slots 1..K−1, rebuilt from the ladder's components."""
         x = s.ladder[1:].reshape(-1, *s.ladder.shape[2:])
-        g = None
-        if s.grad_target is not None:
-            bg = _expand(b[1:], s.grad_target[1:])
-            g = ((1 - bg) * s.grad_ref[1:] + bg * s.grad_target[1:]).reshape(x.shape)
-        base = s.local if s.local is not None else State(x, lp, g, step_size)
-        return base.replace(x=x, log_prob=lp, grad=g, step_size=step_size)
+        lt, lr, gt, gr = (None if t is None else t[1:].reshape(-1, *t.shape[2:])
+                          for t in (s.log_target, s.log_ref, s.grad_target, s.grad_ref))
+        rows = self.path.row_beta
+        if isinstance(s.local, PathState) or (s.local is None and isinstance(self.local, PathMALA)):
+            return path_state(rows, x, lt, lr, gt, gr, step_size)
+        g = None if gt is None else mix(event_view(rows, x), gr, gt)
+        base = s.local if s.local is not None else State(x, mix(rows, lr, lt), g, step_size)
+        return base.replace(x=x, log_prob=mix(rows, lr, lt), grad=g, step_size=step_size)
 
     def _fresh_counters(self, s: TemperingState) -> TemperingState:
         k, n = s.log_target.shape
         dev = s.log_target.device
         z = torch.zeros(k - 1, dtype=torch.float64, device=dev)
-        blocks = torch.full((_N_BLOCKS, k - 1, n), -torch.inf, dtype=torch.float64, device=dev)
         return s.replace(round_trips=torch.zeros(n, dtype=torch.int64, device=dev),
                          phase=torch.zeros(k, n, dtype=torch.int8, device=dev),
                          swap_sum=z, swap_count=z.clone(), invalid_sum=z.clone(),
-                         ss_fwd=blocks, ss_bwd=blocks.clone(), block_len=1, steps=0)
+                         stones=SteppingStoneSums.zeros(k - 1, n, dev))
 
     def init(self, x: Tensor) -> TemperingState:
         x = check_positions(x)
@@ -273,11 +240,13 @@ class ParallelTempering(Kernel):
         ladder = x.unsqueeze(0).expand(k, *x.shape).clone()
         b = self._set_rows(n, x)
         local = self.local.init(ladder[1:].reshape(-1, *x.shape[1:]))
-        lt, lr, gt, gr = self._components(ladder.reshape(-1, *x.shape[1:]), local.grad is not None)
-        s = TemperingState(x=x, log_prob=lt.view(k, n)[-1], ladder=ladder, log_target=lt.view(k, n),
-                           log_ref=lr.view(k, n),
-                           grad_target=None if gt is None else gt.view(ladder.shape),
-                           grad_ref=None if gr is None else gr.view(ladder.shape), local=local)
+        lt, lr, gt, gr = self.path.components(x, local.grad is not None)
+
+        def rep(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.unsqueeze(0).expand(k, *t.shape).clone()
+
+        s = TemperingState(x=x, log_prob=lt, ladder=ladder, log_target=rep(lt), log_ref=rep(lr),
+                           grad_target=rep(gt), grad_ref=rep(gr), local=local)
         s = self._fresh_counters(s)
         s.local = self._local_state(s, b, local.step_size)
         self.last_state = s
@@ -292,12 +261,19 @@ class ParallelTempering(Kernel):
         event = s.ladder.shape[2:]
         b = self._set_rows(n, s.x)
         local, linfo = self.local.step(s.local, generator)
-        ladder = torch.cat([draw(self.reference, (n,), generator)[0].unsqueeze(0),
-                            local.x.view(k - 1, n, *event)])
-        lt, lr, gt, gr = self._components(ladder.reshape(-1, *event), s.grad_target is not None)
-        lt, lr = lt.view(k, n), lr.view(k, n)
-        gt = None if gt is None else gt.view(ladder.shape)
-        gr = None if gr is None else gr.view(ladder.shape)
+        fresh = draw(self.reference, (n,), generator)[0]
+        ladder = torch.cat([fresh.unsqueeze(0), local.x.view(k - 1, n, *event)])
+        grad = s.grad_target is not None
+        if isinstance(local, PathState):  # the local kernel kept the components: evaluate slot 0 only
+            c0 = self.path.components(fresh, grad)
+            cl = (local.log_target, local.log_ref, local.grad_target, local.grad_ref)
+            lt, lr, gt, gr = (None if a is None else torch.cat([a.unsqueeze(0), r.view(k - 1, *a.shape)])
+                              for a, r in zip(c0, cl, strict=True))
+        else:
+            lt, lr, gt, gr = self.path.components(ladder.reshape(-1, *event), grad)
+            lt, lr = lt.view(k, n), lr.view(k, n)
+            gt = None if gt is None else gt.view(ladder.shape)
+            gr = None if gr is None else gr.view(ladder.shape)
 
         # DEO swaps: pairs (k, k+1) with k of the step's parity, all at once.
         ell = lt - lr
@@ -305,7 +281,9 @@ class ParallelTempering(Kernel):
         log_ratio = swap_log_ratio(db, ell[:-1], ell[1:])
         ok = torch.isfinite(ell)
         if gt is not None:
-            ok = ok & torch.isfinite(gt).flatten(2).all(2)
+            # A replica must never land where its gradient is not finite (its local step would be
+            # NaN forever after): such a swap is a rejection, counted as invalid.
+            ok = ok & torch.isfinite(gt).flatten(2).all(2) & torch.isfinite(gr).flatten(2).all(2)
         log_ratio = torch.where(ok[:-1] & ok[1:], log_ratio, torch.nan)
         active = (torch.arange(k - 1, device=s.x.device) % 2 == s.count % 2).unsqueeze(1)
         acc, prob, bad = mh_accept(log_ratio.reshape(-1), generator)
@@ -323,31 +301,12 @@ class ParallelTempering(Kernel):
                 return None
             return torch.gather(t, 0, perm.view(k, n, *([1] * (t.ndim - 2))).expand_as(t))
 
-        ladder, lt, lr, gt, gr = map(permute, (ladder, lt, lr, gt, gr))
-        phase = permute(s.phase)
+        ladder, lt, lr, gt, gr, phase = map(permute, (ladder, lt, lr, gt, gr, s.phase))
         # Round trips: a replica arriving at the reference after reaching the target completes one.
-        at_ref_done = phase[0] == 2
-        round_trips = s.round_trips + at_ref_done.long()
+        round_trips = s.round_trips + (phase[0] == 2).long()
         phase = phase.clone()
         phase[0] = 1
         phase[-1] = torch.where(phase[-1] == 1, 2, phase[-1]).to(phase.dtype)
-
-        # Stepping stone, both directions, from the post-swap replicas (each distributed as its π_k).
-        ell = torch.nan_to_num((lt - lr).double(), nan=-torch.inf)
-        fwd = db.double() * ell[:-1]
-        bwd = -db.double() * ell[1:]
-        ss_fwd, ss_bwd, block_len = s.ss_fwd, s.ss_bwd, s.block_len
-        blk = s.steps // block_len
-        if blk == _N_BLOCKS:
-            ss_fwd, ss_bwd = (torch.cat([torch.logaddexp(t[0::2], t[1::2]),
-                                         torch.full_like(t[: _N_BLOCKS // 2], -torch.inf)])
-                              for t in (ss_fwd, ss_bwd))
-            block_len *= 2
-            blk = s.steps // block_len
-        ss_fwd = ss_fwd.clone()
-        ss_bwd = ss_bwd.clone()
-        ss_fwd[blk] = torch.logaddexp(ss_fwd[blk], torch.nan_to_num(fwd, nan=-torch.inf))
-        ss_bwd[blk] = torch.logaddexp(ss_bwd[blk], torch.nan_to_num(bwd, nan=-torch.inf))
 
         new = TemperingState(x=ladder[-1], log_prob=lt[-1], ladder=ladder, log_target=lt,
                              log_ref=lr, grad_target=gt, grad_ref=gr, phase=phase,
@@ -355,16 +314,16 @@ class ParallelTempering(Kernel):
                              swap_sum=s.swap_sum + prob.double().sum(1),
                              swap_count=s.swap_count + active.squeeze(1).double() * n,
                              invalid_sum=s.invalid_sum + bad.double().sum(1),
-                             ss_fwd=ss_fwd, ss_bwd=ss_bwd, block_len=block_len,
-                             steps=s.steps + 1, count=s.count + 1, local=local, local_info=linfo)
+                             stones=s.stones.add(db.squeeze(1), lt - lr),
+                             count=s.count + 1, local=local, local_info=linfo)
         new.local = self._local_state(new, b, local.step_size)
         top = slice((k - 2) * n, (k - 1) * n)
-        n_pairs = active.sum().clamp_min(1)
         invalid = linfo.invalid.view(k - 1, n).sum(0) + bad.sum(0).to(torch.int32)
         info = Info(linfo.accept_prob[top], linfo.accepted[top] | acc[-1],
                     None if linfo.step_size is None else linfo.step_size[top],
                     invalid.to(torch.int32),
-                    {"swap_accept": prob.sum(0) / n_pairs, "round_trips": round_trips.to(s.x.dtype)})
+                    {"swap_accept": prob.sum(0) / active.sum().clamp_min(1),
+                     "round_trips": round_trips.to(s.x.dtype)})
         self.last_state = new
         return new, info
 
@@ -383,8 +342,7 @@ class ParallelTempering(Kernel):
         if wstate.in_round < wstate.round_len or not self.tune_schedule:
             return wstate, state
         # End of a round: a new schedule from this round's rejection rates, then a fresh round.
-        rates = (state.swap_sum / state.swap_count.clamp_min(1)).cpu().numpy()
-        rejection = 1.0 - rates
+        rejection = (1.0 - state.swap_sum / state.swap_count.clamp_min(1)).cpu().numpy()
         old = self._betas.numpy()
         barrier = float(rejection.sum())
         k = self.n_replicas
@@ -392,7 +350,7 @@ class ParallelTempering(Kernel):
             k = replicas_for_barrier(barrier)
         new_betas = torch.as_tensor(optimal_schedule(old, rejection, k), dtype=torch.float64)
         wstate.history.append({"betas": old.tolist(), "rejection": rejection.tolist(),
-                               "barrier": barrier})
+                               "barrier": barrier, "steps": wstate.round_len})
         state = self._reschedule(state, new_betas)
         wstate.local = self.local.warmup_init(state.local)
         wstate.round += 1
@@ -416,13 +374,12 @@ class ParallelTempering(Kernel):
         new_h = None
         if h is not None:
             log_h = h.view(k - 1, n).log().double().cpu().numpy()
-            ob = old[1:].numpy()
-            nb = new_betas[1:].numpy()
+            ob, nb = old[1:].numpy(), new_betas[1:].numpy()
             interp = np.stack([np.interp(nb, ob, log_h[:, c]) for c in range(n)], 1)
             new_h = torch.as_tensor(np.exp(interp), dtype=h.dtype, device=h.device).reshape(-1)
         self._betas = new_betas
         t = s.replace(ladder=take(s.ladder), log_target=take(s.log_target), log_ref=take(s.log_ref),
-                      grad_target=take(s.grad_target), grad_ref=take(s.grad_ref), local=None)
+                      grad_target=take(s.grad_target), grad_ref=take(s.grad_ref))
         t = self._fresh_counters(t)
         b = self._set_rows(n, s.x)
         t.local = self._local_state(t, b, new_h)
@@ -458,43 +415,16 @@ class ParallelTempering(Kernel):
     def round_trip_rate(self) -> float:
         """Round trips (reference → target → reference) per chain per 1000 steps since warm-up."""
         s = self._state(None)
-        return 1000.0 * float(s.round_trips.double().mean()) / max(s.steps, 1)
+        return 1000.0 * float(s.round_trips.double().mean()) / max(s.stones.steps, 1)
 
-    def log_normalizer(self, state: TemperingState | None = None) -> tuple[float, float]:
-        """``(log Z, standard error)`` of the target by stepping stone, relative to a normalized
-        reference, from the draws since warm-up.
-
-        ``log Z = Σ_k log E_{π_k}[exp((β_{k+1}−β_k) ℓ)]`` (forward) and ``−Σ_k log
-        E_{π_{k+1}}[exp(−(β_{k+1}−β_k) ℓ)]`` (backward) are averaged, which cancels their
-        first-order biases of opposite sign. The standard error is the delta method over
-        independent units — each chain's steps cut into blocks (at most 32 per chain) — so it
-        accounts for the correlation between rungs of one ladder and, through the blocks, within a
-        chain. Fewer than 16 units make it unreliable; it is then NaN.
+    def log_normalizer(self, state: TemperingState | None = None,
+                       chains: Tensor | slice | None = None) -> tuple[float, float]:
+        """``(log Z, standard error)`` of the target by stepping stone (see
+        `samplers.stepping_stone`), relative to the reference, which must be normalized, from the
+        draws since warm-up. ``chains`` selects a subset of the chains (independent ladders), e.g.
+        to check the error bar over repeats. The SE is NaN with fewer than 16 (block, chain) units.
         """
-        s = self._state(state)
-        full = s.steps // s.block_len
-        rest = s.steps - full * s.block_len
-        counts = [s.block_len] * full + ([rest] if rest else [])
-        nb = len(counts)
-        if nb == 0:
-            raise RuntimeError("no post-warm-up steps: run samplers.sample with n_steps > 0 first")
-        fwd = s.ss_fwd[:nb].cpu().double()  # (B, K−1, n)
-        bwd = s.ss_bwd[:nb].cpu().double()
-        cnt = torch.tensor(counts, dtype=torch.float64).view(nb, 1, 1)
-        n_total = cnt.sum() * fwd.shape[2]
-        log_rf = torch.logsumexp(fwd, dim=(0, 2)) - n_total.log()  # (K−1,)
-        log_rb = torch.logsumexp(bwd, dim=(0, 2)) - n_total.log()
-        est = 0.5 * (float(log_rf.sum()) - float(log_rb.sum()))
-        # Linearization: per unit u, Σ_k (s_uk − N_u r_k)/r_k for each direction.
-        lin_f = ((fwd - log_rf.view(1, -1, 1)).exp() - cnt).sum(1)  # (B, n)
-        lin_b = ((bwd - log_rb.view(1, -1, 1)).exp() - cnt).sum(1)
-        lin = (0.5 * (lin_f - lin_b)).flatten()
-        # Units of unequal length (a last partial block): weights follow their counts.
-        units = lin.numel()
-        if units < 16:
-            return est, math.nan
-        se = float(lin.pow(2).sum().sqrt() / n_total * math.sqrt(units / (units - 1)))
-        return est, se
+        return self._state(state).stones.estimate(chains)
 
     def __repr__(self) -> str:
         return (f"ParallelTempering(n_replicas={self.n_replicas}, local={self.local!r}, "

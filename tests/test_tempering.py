@@ -65,9 +65,13 @@ def run(kernel, x0, n_steps, warmup, seed):
     return samplers.sample(kernel, x0, n_steps=n_steps, warmup=warmup, progress=False, generator=g)
 
 
-def test_parallel_tempering_leaves_gaussian_invariant_at_beta_one():
+@pytest.mark.parametrize("local", [None, lambda lp: samplers.MALA(lp, 0.1)],
+                         ids=["path_mala", "any_kernel"])
+def test_parallel_tempering_leaves_gaussian_invariant_at_beta_one(local):
+    # The default local kernel keeps both log-densities in its state; any other kernel gets them
+    # from one more evaluation per step: both paths must be exact.
     x0 = MEAN + torch.randn(64, D, generator=torch.Generator().manual_seed(0))
-    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=4)
+    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=4, local=local)
     trace = run(kernel, x0, 600, 300, seed=10)
     z = moment_zscores(trace.samples, MEAN, COV)
     assert np.abs(z).max() < Z_TOL, f"worst z-score {np.abs(z).max():.2f}"

@@ -1,0 +1,87 @@
+"""log Z by stepping stone from the replicas of a parallel-tempering ladder, with a standard error.
+
+With ``π_k ∝ reference^(1−β_k) target^(β_k)``, a normalized reference and ``ℓ = log target − log
+reference``, ``Z_{k+1}/Z_k = E_{π_k}[exp((β_{k+1}−β_k) ℓ)] = 1 / E_{π_{k+1}}[exp(−(β_{k+1}−β_k) ℓ)]``,
+so ``log Z`` is a sum over the rungs, forward or backward (the pair Pigeons.jl reports). Each is
+biased by Jensen's inequality in opposite directions, so their average is reported.
+
+The sums are kept on the device as log-sums per *block* of steps, per rung and chain; when all
+``N_BLOCKS`` blocks are full the neighbours merge and the block length doubles. The standard error
+is the delta method over the (block, chain) units, which accounts for the correlation between the
+rungs of one ladder (a swap couples them) and, through the blocks, along a chain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+N_BLOCKS = 32
+MIN_UNITS = 16
+
+
+@dataclass
+class SteppingStoneSums:
+    """Log-sums of ``exp(±Δβ_k ℓ)`` per block ``(N_BLOCKS, K−1, n)`` (float64), the block length
+    and the number of steps added."""
+
+    fwd: Tensor
+    bwd: Tensor
+    block_len: int = 1
+    steps: int = 0
+
+    @classmethod
+    def zeros(cls, n_pairs: int, n_chains: int, device: torch.device) -> SteppingStoneSums:
+        blocks = torch.full((N_BLOCKS, n_pairs, n_chains), -torch.inf, dtype=torch.float64,
+                            device=device)
+        return cls(blocks, blocks.clone())
+
+    def add(self, delta_beta: Tensor, ell: Tensor) -> SteppingStoneSums:
+        """A new record with one step's replicas added: ``delta_beta`` ``(K−1,)``, ``ell`` ``(K, n)``
+        at the slots after the swaps. A NaN ``ℓ`` (a NaN target at a reference draw) counts as a
+        zero density there."""
+        ell = torch.nan_to_num(ell.double(), nan=-torch.inf)
+        db = delta_beta.double().unsqueeze(1)
+        fwd_t = torch.nan_to_num(db * ell[:-1], nan=-torch.inf)
+        bwd_t = torch.nan_to_num(-db * ell[1:], nan=-torch.inf)
+        fwd, bwd, block_len = self.fwd, self.bwd, self.block_len
+        if self.steps // block_len == N_BLOCKS:
+            fwd, bwd = (torch.cat([torch.logaddexp(t[0::2], t[1::2]),
+                                   torch.full_like(t[: N_BLOCKS // 2], -torch.inf)])
+                        for t in (fwd, bwd))
+            block_len *= 2
+        blk = self.steps // block_len
+        fwd, bwd = fwd.clone(), bwd.clone()
+        fwd[blk] = torch.logaddexp(fwd[blk], fwd_t)
+        bwd[blk] = torch.logaddexp(bwd[blk], bwd_t)
+        return SteppingStoneSums(fwd, bwd, block_len, self.steps + 1)
+
+    def estimate(self, chains: Tensor | slice | None = None) -> tuple[float, float]:
+        """``(log Z, SE)`` from the chains ``chains`` (all by default). SE is NaN with fewer than
+        ``MIN_UNITS`` (block, chain) units, too few for a variance."""
+        if self.steps == 0:
+            raise RuntimeError("no post-warm-up steps: run samplers.sample with n_steps > 0 first")
+        full = self.steps // self.block_len
+        rest = self.steps - full * self.block_len
+        counts = [self.block_len] * full + ([rest] if rest else [])
+        nb = len(counts)
+        sel = slice(None) if chains is None else chains
+        fwd = self.fwd[:nb, :, sel].cpu().double()  # (B, K−1, n)
+        bwd = self.bwd[:nb, :, sel].cpu().double()
+        cnt = torch.tensor(counts, dtype=torch.float64).view(nb, 1, 1)
+        n_total = float(cnt.sum()) * fwd.shape[2]
+        log_rf = torch.logsumexp(fwd, dim=(0, 2)) - math.log(n_total)  # (K−1,)
+        log_rb = torch.logsumexp(bwd, dim=(0, 2)) - math.log(n_total)
+        est = 0.5 * (float(log_rf.sum()) - float(log_rb.sum()))
+        # Linearization per unit u: Σ_k (s_uk − N_u r_k) / r_k, forward minus backward, halved.
+        lin_f = ((fwd - log_rf.view(1, -1, 1)).exp() - cnt).sum(1)  # (B, n)
+        lin_b = ((bwd - log_rb.view(1, -1, 1)).exp() - cnt).sum(1)
+        lin = (0.5 * (lin_f - lin_b)).flatten()
+        units = lin.numel()
+        if units < MIN_UNITS:
+            return est, math.nan
+        se = float(lin.pow(2).sum().sqrt()) / n_total * math.sqrt(units / (units - 1))
+        return est, se
