@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from samplers.rundir import atomic_write, fsync_directory
 
 __all__ = ["FORMAT", "LATEST", "checkpoint_path", "latest_checkpoint", "list_checkpoints",
            "load_checkpoint", "save_checkpoint", "write_numbered_checkpoint"]
@@ -52,33 +53,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, kind: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**state, "format": FORMAT, "kind": kind}
-    # Same directory as the destination, so the rename below never crosses file systems.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - file systems that refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, kind: str, map_location: Any = "cpu") -> dict[str, Any]:
@@ -181,7 +156,7 @@ def _point_latest(path: Path, latest: Path, state: dict[str, Any], kind: str) ->
     except BaseException:  # pragma: no cover - e.g. latest is a directory
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(latest.parent)
+    fsync_directory(latest.parent)
 
 
 def latest_checkpoint(directory: str | Path, kind: str = "joint-trainer") -> Path:

@@ -7,7 +7,7 @@ batch dimension. Every kernel has ``init(x) -> State`` and ``step(state, generat
 
 from .adaptation import DualAveraging
 from .base import Info, Kernel, NonFiniteError, State
-from .driver import sample
+from .driver import SamplingInterrupted, sample
 from .flowmc import FlowMC
 from .hmc import HMC
 from .independent import ISIR, IndependentMH
@@ -18,5 +18,5 @@ from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 from .ula import ULA
 
 __all__ = ["DualAveraging", "FlowMC", "HMC", "ISIR", "IndependentMH", "Info", "Kernel", "Latent",
-           "MALA", "NonFiniteError", "ParallelTempering", "State", "StreamedTrace", "Trace",
+           "MALA", "NonFiniteError", "ParallelTempering", "SamplingInterrupted", "State", "StreamedTrace", "Trace",
            "TraceWriter", "ULA", "open_trace", "sample"]

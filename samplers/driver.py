@@ -4,14 +4,18 @@ streamed to disk chunk by chunk)."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._checks import check_positions, check_positive_int
 from .base import Info, Kernel, State
-from .trace import StreamedTrace, Trace, TraceWriter
+from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 
 DEFAULT_CHUNK_SIZE = 1000
 
@@ -48,10 +52,66 @@ class _Draws:
                      {k: v[:rows].transpose(0, 1).cpu() for k, v in self.stats.items()}, **meta)
 
 
+class SamplingInterrupted(KeyboardInterrupt):
+    """A streamed run stopped by SIGINT or SIGTERM after committing its current chunk (or, in
+    warm-up, its current step). A `KeyboardInterrupt`, so code that does not catch it stops as on
+    Ctrl-C. ``signal`` is the signal's number, ``path`` the run directory."""
+
+    def __init__(self, signum: int, path: Path):
+        self.signal, self.path = signum, path
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; {path} holds everything up to the last commit: "
+                         "run the same call with resume=True to continue")
+
+
+class _GracefulStop:
+    """While streaming in the main thread, the first SIGINT/SIGTERM only asks the run to stop at
+    its next commit; a second one interrupts at once."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _GracefulStop:
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _rng_state(generator: torch.Generator | None, device: torch.device) -> dict[str, Any]:
+    if generator is not None:
+        return {"generator": generator.get_state()}
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_state(generator: torch.Generator | None, device: torch.device,
+                   saved: dict[str, Any]) -> None:
+    if generator is not None:
+        generator.set_state(saved["generator"])
+        return
+    torch.set_rng_state(saved["cpu"])
+    if "cuda" in saved:
+        torch.cuda.set_rng_state(saved["cuda"], device)
+
+
 def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int = 1,
            progress: bool = True, generator: torch.Generator | None = None,
-           out: str | os.PathLike | None = None, chunk_size: int | None = None
-           ) -> Trace | StreamedTrace:
+           out: str | os.PathLike | None = None, chunk_size: int | None = None,
+           resume: bool = False) -> Trace | StreamedTrace:
     """Run ``warmup`` tuning steps, then ``n_steps`` steps keeping every ``thin``-th state.
 
     Everything stays on ``x0``'s device: draws and stats are written into preallocated buffers
@@ -60,9 +120,21 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
 
     With ``out``, the draws go to disk instead of memory, for runs larger than memory: the buffers
     hold one chunk of ``chunk_size`` draws, and each full chunk is written atomically to its own
-    file in the directory ``out`` (see `TraceWriter`). A run killed midway leaves every completed
-    chunk readable with `open_trace`. The draws are the same as in memory for the same generator;
-    ``wall_time`` then includes the chunk writes (one CPU copy and one fsync per chunk).
+    file in the directory ``out`` (see `TraceWriter`), which the run holds locked (one writer per
+    directory). A run killed midway leaves every completed chunk readable with `open_trace`. The
+    draws are the same as in memory for the same generator; ``wall_time`` then includes the chunk
+    writes (one CPU copy and one fsync per chunk).
+
+    Each commit (every chunk, and every ``chunk_size * thin`` warm-up steps) also saves the run
+    state: the kernel's (`Kernel.state_dict`: positions, step sizes, a flow's parameters; in
+    warm-up, dual averaging and the flow's optimizer and replay window) and the generator's.
+    ``resume=True`` continues the run in ``out`` from its last commit, and gives the draws the
+    uninterrupted run would have given, bit for bit on the same device; call it exactly as the
+    first time (same kernel construction, ``x0`` shape, ``n_steps``, ``warmup``, ``thin``,
+    ``chunk_size``, and a generator of the same kind: its state is restored, so its seed does not
+    matter); a setting that differs is refused by name. On a new or empty ``out`` it starts afresh,
+    so a job scheduler can always pass it. While streaming in the main thread, SIGINT or SIGTERM
+    stops the run at its next commit with `SamplingInterrupted` (a second signal stops at once).
 
     Args:
         kernel: any samplers kernel.
@@ -74,10 +146,15 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
         generator: the source of randomness (on ``x0``'s device); the global one when ``None``.
         out: a new or empty directory to stream the draws into; ``None`` keeps them in memory.
         chunk_size: draws (after thinning) per chunk file when streaming; default 1000.
+        resume: with ``out``, continue the run it holds.
 
     Returns:
         a `Trace` with ``n_steps // thin`` draws; with ``out``, a `StreamedTrace` reading them from
         disk (its ``state`` is the kernel's final state, to continue the run).
+
+    Raises:
+        samplers.rundir.RunDirectoryLocked: another process is writing ``out``.
+        SamplingInterrupted: SIGINT/SIGTERM while streaming, after the run state was committed.
 
     Example:
         >>> from samplers import MALA
@@ -108,40 +185,91 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
     if out is None and chunk_size is not None:
         raise ValueError("chunk_size applies to streaming only; pass out=<directory> with it "
                          f"(got chunk_size={chunk_size}, out=None)")
+    if out is None and resume:
+        raise ValueError("resume=True continues a streamed run; pass out=<its directory>")
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a directory path (str or os.PathLike); got {type(out).__name__}")
     n_draws = n_steps // thin
-    writer = None
-    if out is not None:
-        chunk_size = check_positive_int(DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size,
-                                        "chunk_size")
-        # Before any step, so a bad directory fails fast instead of after a long warm-up.
-        writer = TraceWriter(out, warmup=warmup, thin=thin, kernel=repr(kernel))
-    state = kernel.init(x0)
-    bar = _progress(warmup + n_steps, progress, type(kernel).__name__)
-    if warmup > 0:
-        wstate = kernel.warmup_init(state)
-        for _ in range(warmup):
-            state, info = kernel.step(state, generator)
-            wstate, state = kernel.warmup_update(wstate, state, info, generator)
-            bar.update()
-        state = kernel.warmup_final(wstate, state)
+    if out is None:
+        return _run(kernel, x0, n_draws, warmup, thin, progress, generator, None, n_draws)
+    chunk_size = check_positive_int(DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size,
+                                    "chunk_size")
+    settings = {"kernel": repr(kernel), "kernel_type": type(kernel).__qualname__,
+                "n_chains": x0.shape[0], "event_shape": list(x0.shape[1:]),
+                "dtype": str(x0.dtype).removeprefix("torch."), "n_steps": n_steps,
+                "warmup": warmup, "thin": thin, "chunk_size": chunk_size,
+                "generator": "global" if generator is None else f"torch.Generator({generator.device})"}
+    # Before any step, so a bad directory fails fast instead of after a long warm-up.
+    writer = TraceWriter(out, warmup=warmup, thin=thin, kernel=repr(kernel), settings=settings,
+                         resume=resume)
+    try:
+        return _run(kernel, x0, n_draws, warmup, thin, progress, generator, writer, chunk_size)
+    finally:
+        writer.release()
 
-    draws = _Draws(n_draws if writer is None else min(chunk_size, n_draws), x0)
-    start = time.perf_counter()
-    for i in range(n_draws * thin):
-        state, info = kernel.step(state, generator)
-        bar.update()
-        if (i + 1) % thin:
-            continue
-        d = i // thin
-        row = d % draws.size
-        draws.put(row, state, info)
-        if writer is not None and (row + 1 == draws.size or d + 1 == n_draws):
-            writer.write(draws.trace(row + 1))
+
+def _run(kernel: Kernel, x0: Tensor, n_draws: int, warmup: int, thin: int, progress: bool,
+         generator: torch.Generator | None, writer: TraceWriter | None,
+         chunk_size: int) -> Trace | StreamedTrace:
+    state = kernel.init(x0)
+    wstate = None
+    warm_done, draws_done, wall_before = 0, 0, 0.0
+    saved = writer.checkpoint if writer is not None else None
+    if saved is not None:
+        state = kernel.load_state_dict(saved["kernel"], state)
+        _set_rng_state(generator, x0.device, saved["rng"])
+        warm_done, draws_done = saved["warmup_done"], saved["draws_done"]
+        wall_before = saved["wall_time"]
+        if saved["warmup_state"] is not None:
+            wstate = kernel.load_warmup_state_dict(saved["warmup_state"], state)
+    if writer is not None and writer.complete:
+        run = open_trace(writer.path)
+        run.state = state
+        return run
+
+    def checkpoint(warmup_done: int, draws: int, wall: float, warm: Any = None) -> dict[str, Any]:
+        return {"kernel": kernel.state_dict(state), "rng": _rng_state(generator, x0.device),
+                "warmup_done": warmup_done, "draws_done": draws, "wall_time": wall,
+                "warmup_state": None if warm is None else kernel.warmup_state_dict(warm)}
+
+    every = chunk_size * thin
+    bar = _progress(warmup + n_draws * thin, progress, type(kernel).__name__)
+    bar.update(warm_done + draws_done * thin)
+    with _GracefulStop(writer is not None) as stop:
+        if warm_done < warmup:
+            if wstate is None:
+                wstate = kernel.warmup_init(state)
+            for t in range(warm_done, warmup):
+                state, info = kernel.step(state, generator)
+                wstate, state = kernel.warmup_update(wstate, state, info, generator)
+                bar.update()
+                if writer is not None and t + 1 < warmup and ((t + 1) % every == 0
+                                                               or stop.signum is not None):
+                    writer.commit(checkpoint(t + 1, 0, 0.0, wstate))
+                    if stop.signum is not None:
+                        raise SamplingInterrupted(stop.signum, writer.path)
+            state = kernel.warmup_final(wstate, state)
+            if writer is not None:
+                writer.commit(checkpoint(warmup, 0, 0.0))
+
+        draws = _Draws(n_draws if writer is None else min(chunk_size, n_draws), x0)
+        start = time.perf_counter()
+        for i in range(draws_done * thin, n_draws * thin):
+            state, info = kernel.step(state, generator)
+            bar.update()
+            if (i + 1) % thin:
+                continue
+            d = i // thin
+            row = d % draws.size
+            draws.put(row, state, info)
+            if writer is not None and (row + 1 == draws.size or d + 1 == n_draws):
+                writer.write(draws.trace(row + 1),
+                             checkpoint(warmup, d + 1, wall_before + time.perf_counter() - start))
+                if stop.signum is not None and d + 1 < n_draws:
+                    raise SamplingInterrupted(stop.signum, writer.path)
     if x0.device.type == "cuda":
         torch.cuda.synchronize(x0.device)
-    wall = time.perf_counter() - start
+    wall = wall_before + time.perf_counter() - start
     bar.close()
     if writer is not None:
         run = writer.close(wall)

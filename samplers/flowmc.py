@@ -178,6 +178,18 @@ class FlowMC(Kernel):
             self.flow_losses = torch.stack(wstate.losses).cpu()
         return self.local.warmup_final(wstate.local, state)
 
+    def params_state_dict(self) -> dict:
+        return {**super().params_state_dict(), "flow_losses": self.flow_losses}
+
+    def load_params_state_dict(self, saved: dict) -> None:
+        super().load_params_state_dict(saved)
+        self.flow_losses = saved.get("flow_losses")
+
+    def load_warmup_state_dict(self, saved, state: State) -> FlowMCWarmup:
+        wstate = super().load_warmup_state_dict(saved, state)
+        wstate.losses = [loss.to(state.x.device) for loss in wstate.losses]
+        return wstate
+
     def __repr__(self) -> str:
         return (f"FlowMC(local={self.local!r}, n_local={self.n_local}, "
                 f"global_move={self.global_move!r}, n_global={self.n_global})")

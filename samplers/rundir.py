@@ -100,7 +100,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], No
         before = ("its previous version is intact" if path.exists()
                   else "no previous version existed; nothing was left behind")
         reason = err.strerror or str(err) or type(err).__name__
-        raise OSError(err.errno, f"cannot write {path}: {reason}; {before}") from None
+        message = f"cannot write {path}: {reason}; {before}"
+        raise (OSError(message) if err.errno is None else OSError(err.errno, message)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -111,7 +111,10 @@ def test_full_disk_or_io_error_names_the_file_and_keeps_the_previous_version(
 
 
 def test_a_failed_first_write_says_nothing_was_left(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError, match="new.json: No space left on device; no previous version"):
         atomic_write(tmp_path / "new.json", b"x")
     monkeypatch.undo()

@@ -70,7 +70,11 @@ def test_streamed_draws_equal_in_memory_draws(tmp_path, name, n_steps, thin, chu
     assert_same_draws(samplers.Trace.load(tmp_path / "run"), memory)
     assert_same_draws(samplers.open_trace(tmp_path / "run").load(), memory)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == sorted(["manifest.json"] + [f"chunk-{i:06d}.npz" for i in range(len(sizes))])
+    # The lock file, and the run state of the last commit, to resume from.
+    state = [n for n in names if n.startswith("state-")]
+    assert len(state) == 1
+    assert names == sorted([".lock", "manifest.json", *state]
+                           + [f"chunk-{i:06d}.npz" for i in range(len(sizes))])
 
 
 def test_buffers_hold_one_chunk_whatever_the_run_length(tmp_path, monkeypatch):
