@@ -18,5 +18,5 @@ from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 from .ula import ULA
 
 __all__ = ["DualAveraging", "FlowMC", "HMC", "ISIR", "IndependentMH", "Info", "Kernel", "Latent",
-           "MALA", "NonFiniteError", "ParallelTempering", "SamplingInterrupted", "State", "StreamedTrace", "Trace",
-           "TraceWriter", "ULA", "open_trace", "sample"]
+           "MALA", "NonFiniteError", "ParallelTempering", "SamplingInterrupted", "State",
+           "StreamedTrace", "Trace", "TraceWriter", "ULA", "open_trace", "sample"]
