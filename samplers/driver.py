@@ -125,7 +125,7 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
     draws are the same as in memory for the same generator; ``wall_time`` then includes the chunk
     writes (one CPU copy and one fsync per chunk).
 
-    Each commit (every chunk, and every ``chunk_size * thin`` warm-up steps) also saves the run
+    Each commit (at the start, every chunk, every ``chunk_size * thin`` warm-up steps) saves the run
     state: the kernel's (`Kernel.state_dict`: positions, step sizes, a flow's parameters; in
     warm-up, dual averaging and the flow's optimizer and replay window) and the generator's.
     ``resume=True`` continues the run in ``out`` from its last commit, and gives the draws the
@@ -236,9 +236,13 @@ def _run(kernel: Kernel, x0: Tensor, n_draws: int, warmup: int, thin: int, progr
     bar = _progress(warmup + n_draws * thin, progress, type(kernel).__name__)
     bar.update(warm_done + draws_done * thin)
     with _GracefulStop(writer is not None) as stop:
+        if warm_done < warmup and wstate is None:
+            wstate = kernel.warmup_init(state)
+        if writer is not None and saved is None:
+            # The starting point too, so a resumed run never depends on how the kernel it is
+            # given was initialized (a flow's initial weights), only on this directory.
+            writer.commit(checkpoint(0, 0, 0.0, wstate))
         if warm_done < warmup:
-            if wstate is None:
-                wstate = kernel.warmup_init(state)
             for t in range(warm_done, warmup):
                 state, info = kernel.step(state, generator)
                 wstate, state = kernel.warmup_update(wstate, state, info, generator)
