@@ -13,7 +13,7 @@ read by any number. Two rules keep it consistent whatever happens to the writer:
   gets `RunDirectoryLocked` at once, naming the directory and the holder's pid, having touched
   nothing.
 
-`set_fault_hook` lets tests stop a write between its steps (``"write"``, ``"fsync"``,
+`set_fault_hook` lets tests stop a write between its steps (``"open"``, ``"write"``, ``"fsync"``,
 ``"rename"``, ``"dirsync"``), e.g. to SIGKILL the process there.
 
 Example:
@@ -47,7 +47,7 @@ _fault_hook: Callable[[str, Path], None] | None = None
 
 def set_fault_hook(hook: Callable[[str, Path], None] | None) -> Callable[[str, Path], None] | None:
     """Call ``hook(point, path)`` at each step of every `atomic_write` (tests only); returns the
-    previous hook. ``point`` is ``"write"`` (bytes written, not yet fsync'd), ``"fsync"`` (on disk
+    previous hook. ``point`` is ``"open"`` (the temporary file created, empty), ``"write"`` (bytes written, not yet fsync'd), ``"fsync"`` (on disk
     under the temporary name), ``"rename"`` (renamed, directory not yet fsync'd) or ``"dirsync"``
     (done)."""
     global _fault_hook
@@ -86,6 +86,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], No
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
+            _fault("open", path)
             if isinstance(data, (bytes, bytearray, memoryview)):
                 f.write(data)
             else:

@@ -17,7 +17,7 @@ from samplers import rundir
 from samplers.rundir import RunDirectoryLocked, RunLock, atomic_write
 
 RUNDIR_PY = Path(rundir.__file__)
-POINTS = ["write", "fsync", "rename", "dirsync"]
+POINTS = ["open", "write", "fsync", "rename", "dirsync"]
 # Load rundir.py alone (not the samplers package, which imports torch): subprocesses start in
 # ~50 ms, so several really do start together.
 PRELUDE = f"""
@@ -51,8 +51,9 @@ def test_a_write_interrupted_at_any_step_leaves_one_whole_version(tmp_path, poin
 
     rundir.set_fault_hook(hook)
     with pytest.raises(Stop):
-        atomic_write(path, lambda f: f.write(b"new version, longer than the old"))
-    expected = b"old version" if point in ("write", "fsync") else b"new version, longer than the old"
+        atomic_write(path, lambda f: f.write(new))
+    new = b"new version, longer than the old"
+    expected = b"old version" if point in ("open", "write", "fsync") else new
     assert path.read_bytes() == expected
     assert names(tmp_path) == ["f.json"]  # the temporary file was removed
 
@@ -75,10 +76,10 @@ def test_a_write_sigkilled_at_any_step_leaves_one_whole_version(tmp_path, point)
                           capture_output=True, timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert path.read_bytes() in (b"version 1", b"version 2" * 1000)
-    assert path.read_bytes() == (b"version 1" if point in ("write", "fsync")
+    assert path.read_bytes() == (b"version 1" if point in ("open", "write", "fsync")
                                  else b"version 2" * 1000)
     leftovers = [n for n in names(tmp_path) if n.endswith(".tmp")]
-    assert len(leftovers) == (1 if point in ("write", "fsync") else 0)
+    assert len(leftovers) == (1 if point in ("open", "write", "fsync") else 0)
     with RunLock(tmp_path):  # the next writer clears what the dead one left
         rundir.sweep_leftovers(tmp_path)
     assert names(tmp_path) == [".lock", "f.bin"]
