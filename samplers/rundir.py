@@ -47,9 +47,9 @@ _fault_hook: Callable[[str, Path], None] | None = None
 
 def set_fault_hook(hook: Callable[[str, Path], None] | None) -> Callable[[str, Path], None] | None:
     """Call ``hook(point, path)`` at each step of every `atomic_write` (tests only); returns the
-    previous hook. ``point`` is ``"open"`` (the temporary file created, empty), ``"write"`` (bytes written, not yet fsync'd), ``"fsync"`` (on disk
-    under the temporary name), ``"rename"`` (renamed, directory not yet fsync'd) or ``"dirsync"``
-    (done)."""
+    previous hook. ``point`` is ``"open"`` (the temporary file created, empty), ``"write"``
+    (bytes written, not yet fsync'd), ``"fsync"`` (on disk under the temporary name),
+    ``"rename"`` (renamed, directory not yet fsync'd) or ``"dirsync"`` (done)."""
     global _fault_hook
     previous, _fault_hook = _fault_hook, hook
     return previous

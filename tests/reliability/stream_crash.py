@@ -114,7 +114,8 @@ def campaign(name: str, kills: int, seed: int, workdir: Path) -> dict:
         whole = final.load()
         identical.append(final.complete and torch.equal(whole.samples, reference.samples)
                          and torch.equal(whole.log_prob, reference.log_prob))
-    return {"kernel": name, "writes_per_run": writes[0], "kills_survived": survived, "by_kind": by_kind, "attempts": attempts,
+    return {"kernel": name, "writes_per_run": writes[0], "kills_survived": survived,
+            "by_kind": by_kind, "attempts": attempts,
             "runs": rounds, "runs_bit_identical": sum(identical), "seed": seed,
             "uninterrupted_s": round(uninterrupted, 2),
             "campaign_s": round(time.perf_counter() - t1, 2)}

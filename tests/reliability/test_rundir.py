@@ -44,6 +44,7 @@ def names(d):
 @pytest.mark.parametrize("point", POINTS)
 def test_a_write_interrupted_at_any_step_leaves_one_whole_version(tmp_path, point):
     path = atomic_write(tmp_path / "f.json", b"old version")
+    new = b"new version, longer than the old"
 
     def hook(p, _):
         if p == point:
@@ -52,7 +53,6 @@ def test_a_write_interrupted_at_any_step_leaves_one_whole_version(tmp_path, poin
     rundir.set_fault_hook(hook)
     with pytest.raises(Stop):
         atomic_write(path, lambda f: f.write(new))
-    new = b"new version, longer than the old"
     expected = b"old version" if point in ("open", "write", "fsync") else new
     assert path.read_bytes() == expected
     assert names(tmp_path) == ["f.json"]  # the temporary file was removed
