@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from flowmc_ebm.diagnostics import (
     UnvisitedModesWarning,
+    compare_mode_weights,
+    importance_mode_weights,
     mode_hopping,
     mode_weights,
     report,
@@ -63,3 +66,39 @@ def test_indicator_constant_within_every_chain_gets_a_between_chain_error_or_non
     hopping = CENTERS[rng.integers(0, 3, size=(4, 300))] + rng.normal(size=(4, 300, DIM))
     w = mode_weights(hopping, CENTERS)
     assert w.se_method == ("within-chain ESS",) * 3 and w.estimable.all()
+
+
+# --- 3. defensive importance sampling ------------------------------------------------------
+
+TRUE_W = torch.tensor([0.3, 0.3, 0.4])
+
+
+def mixture_log_prob(x):
+    c = torch.as_tensor(CENTERS, dtype=x.dtype)
+    comp = -0.5 * (x[:, None, :] - c).square().sum(-1) - 0.5 * DIM * np.log(2 * np.pi)
+    return torch.logsumexp(comp + TRUE_W.to(x.dtype).log(), 1)
+
+
+def gaussian(mean, sd):
+    mean = torch.as_tensor(mean, dtype=torch.float32)
+    return torch.distributions.Independent(torch.distributions.Normal(mean, sd * torch.ones_like(mean)), 1)
+
+
+def test_defensive_importance_sampling_reveals_mass_the_flow_never_saw():
+    flow = gaussian(CENTERS[0], 1.0)  # a "flow" that learned mode 0 only, as the stuck chains did
+    blind = importance_mode_weights(mixture_log_prob, flow, CENTERS, 4000, seed=0)
+    # The complaint: a confident 1 / 0 / 0 with a small k-hat.
+    assert blind.weights[0] > 0.999 and blind.pareto_k < 0.7
+    # A reference as broad as where the chains were started (mode 0 to 2 along the first axis).
+    reference = torch.distributions.Independent(
+        torch.distributions.Normal(torch.zeros(DIM), torch.tensor([10.0] + [1.0] * (DIM - 1))), 1
+    )
+    defended = importance_mode_weights(mixture_log_prob, flow, CENTERS, 4000, seed=0, reference=reference)
+    assert defended.defensive == pytest.approx(0.1)
+    # The missed modes now carry mass, and it came from the reference draws.
+    assert defended.weights[1:].sum() > 0.3
+    assert (defended.reference_share[1:] > 0.9).all() and defended.reference_share[0] < 0.5
+    stuck = mode_weights(draws_in([0, 0, 0, 0]), CENTERS, warn=False)
+    assert not compare_mode_weights(stuck, defended).agree
+    r = report(draws_in([0, 0, 0, 0]), CENTERS, log_prob=mixture_log_prob, proposal=flow, reference=reference)
+    assert any("reference" in m and "[1, 2]" in m for m in r.warnings), r.warnings

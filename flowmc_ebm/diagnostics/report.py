@@ -21,6 +21,7 @@ from flowmc_ebm.diagnostics.weights import (
     KHAT_THRESHOLD,
     ModeWeightComparison,
     ModeWeights,
+    broad_reference,
     compare_mode_weights,
     importance_mode_weights,
     mode_weights,
@@ -96,6 +97,8 @@ def report(
     target: Any = None,
     log_prob: Any = None,
     proposal: Any = None,
+    reference: Any = "broad",
+    defensive: float = 0.1,
     n_modes: int | None = None,
     true_weights: Any = None,
     n_importance: int = 10_000,
@@ -118,6 +121,11 @@ def report(
             `target.log_prob`. With `proposal`, gives importance-sampling weights; for 2-D with
             a target, the grid metrics compare it with the target.
         proposal: a torch Distribution or a module returning one (the flow).
+        reference: the broad reference of defensive importance sampling: the distribution the
+            chains were started from when known (a torch Distribution); "broad" (default)
+            for `broad_reference` of the chains and the known mode centers; None for plain
+            importance sampling from `proposal`.
+        defensive: share of the importance proposals drawn from `reference`.
         n_modes: K; defaults to `len(target.weights)` or what `assign` knows.
         true_weights: `(K,)`; defaults to `target.weights`.
         n_importance: number of importance-sampling proposals.
@@ -157,7 +165,18 @@ def report(
     bounds = bounds if bounds is not None else _default_bounds(x, target, seed)
 
     if assign is not None:
-        _mode_diagnostics(result, x, assign, n_modes, density, proposal, n_importance, seed)
+        if isinstance(reference, str):
+            if reference != "broad":
+                raise ValueError(
+                    f"reference must be a Distribution, 'broad' or None; received {reference!r}."
+                )
+            centers = _centers(assign)
+            if centers is None and target is not None and hasattr(target, "means"):
+                centers = np.asarray(torch.as_tensor(target.means).detach().cpu(), dtype=float)
+            reference = broad_reference(x, centers) if proposal is not None else None
+        _mode_diagnostics(
+            result, x, assign, n_modes, density, proposal, n_importance, seed, reference, defensive
+        )
     if target is not None and log_prob is not None and x.shape[-1] == 2:
         result.metrics["log_density_median_sq_error"] = log_density_error(log_prob, target, bounds)
         if assign is not None and result.true_weights is not None:
@@ -185,6 +204,8 @@ def _mode_diagnostics(
     proposal: Any,
     n_importance: int,
     seed: int,
+    reference: Any = None,
+    defensive: float = 0.1,
 ) -> None:
     result.hopping = hopping = mode_hopping(x, assign, n_modes=n_modes, warn=False)
     if hopping.message:
@@ -197,8 +218,22 @@ def _mode_diagnostics(
     if proposal is None or density is None:
         return
     result.importance = importance_mode_weights(
-        density, proposal, assign, n_importance, n_modes=hopping.n_modes, seed=seed
+        density,
+        proposal,
+        assign,
+        n_importance,
+        n_modes=hopping.n_modes,
+        seed=seed,
+        reference=reference,
+        defensive=defensive,
     )
+    missed = result.importance.missed_by_proposal
+    if missed.size:
+        shares = ", ".join(f"{100 * result.importance.reference_share[m]:.0f}%" for m in missed)
+        result.warnings.append(
+            f"The proposal (flow) misses modes {[int(m) for m in missed]}: their importance mass "
+            f"came from the broad reference's draws ({shares}), not from the flow."
+        )
     if result.true_weights is not None:
         result.metrics["importance_mode_weight_mse"] = float(
             np.mean((result.importance.weights - result.true_weights) ** 2)
@@ -221,6 +256,16 @@ def _mode_diagnostics(
             f"(max |z| = {result.comparison.max_abs_z:.1f}): the chains likely do not move "
             f"between modes, or all sit in the same subset of modes."
         )
+
+
+def _centers(assign: Any) -> np.ndarray | None:
+    """Mode centers when `assign` holds them (an array of centers, `FittedModes`), else None."""
+    if hasattr(assign, "centers_"):
+        return np.asarray(assign.centers_, dtype=float)
+    if callable(assign):
+        return None
+    centers = np.asarray(torch.as_tensor(assign).cpu(), dtype=float)
+    return centers if centers.ndim == 2 else None
 
 
 def _default_bounds(x: torch.Tensor, target: Any, seed: int) -> Any:

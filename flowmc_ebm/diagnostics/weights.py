@@ -54,6 +54,11 @@ class ModeWeights:
         se_method: `(K,)` how each standard error was obtained: "within-chain ESS",
             "between-chain" (chains as clusters) or "not estimable: <why>"; None for
             importance sampling.
+        defensive: defensive importance sampling only: the share of proposals drawn from the
+            broad reference (the proposal is the mixture `(1 - a) flow + a reference`).
+        reference_share: defensive only, `(K,)`: the share of each mode's estimated mass that
+            the reference's draws carry. Near `defensive` or below where the flow covers a
+            mode; near 1 where only the reference reached it, i.e. the flow missed that mode.
     """
 
     weights: np.ndarray
@@ -68,6 +73,8 @@ class ModeWeights:
     weights_ess: float | None = None
     estimable: np.ndarray | None = None
     se_method: tuple[str, ...] | None = None
+    defensive: float | None = None
+    reference_share: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.estimable is None:
@@ -94,7 +101,18 @@ class ModeWeights:
         if self.pareto_k is not None:
             out["pareto_k"] = self.pareto_k
             out["weights_ess"] = self.weights_ess
+        if self.defensive is not None:
+            out["defensive"] = self.defensive
+            out["reference_share"] = self.reference_share.tolist()
         return out
+
+    @property
+    def missed_by_proposal(self) -> np.ndarray:
+        """Defensive only: modes whose estimated mass (> 1%) came mostly (> 50%) from the
+        reference's draws, i.e. that the flow did not reach. Empty otherwise."""
+        if self.reference_share is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero((self.reference_share > 0.5) & (self.weights > 0.01))
 
     def table(self, true_weights: Any = None) -> str:
         """A terminal table, with a column for the true weights when given."""
@@ -103,6 +121,8 @@ class ModeWeights:
         if self.pareto_k is not None:
             flag = " UNRELIABLE" if self.pareto_k > KHAT_THRESHOLD else ""
             title += f", weights ESS {self.weights_ess:.0f}, Pareto k {self.pareto_k:.2f}{flag}"
+        if self.defensive is not None:
+            title += f", defensive {self.defensive:g}"
         lines = [title + ")"]
         pct = f"{100 * self.level:g}%"
         head = f"{'mode':>5} {'weight':>8} {'se':>8} {pct + ' interval':>20} {'ESS':>8}"
@@ -118,6 +138,8 @@ class ModeWeights:
             line += f" {truth[k]:>7.4f}" if truth is not None else ""
             if self.se_method is not None and self.se_method[k] != "within-chain ESS":
                 line += f"  ({self.se_method[k]})"
+            if self.reference_share is not None and k in self.missed_by_proposal:
+                line += f"  (missed by the flow: {100 * self.reference_share[k]:.0f}% from the reference)"
             lines.append(line)
         return "\n".join(lines)
 
@@ -217,6 +239,8 @@ def importance_mode_weights(
     level: float = 0.95,
     seed: int | None = None,
     batch_size: int = 8192,
+    reference: Any = None,
+    defensive: float = 0.1,
 ) -> ModeWeights:
     """Mode weights by self-normalized importance sampling (SNIS) from a proposal.
 
@@ -225,6 +249,17 @@ def importance_mode_weights(
     Draws whose log-weight is not finite count with weight 0. Pareto k-hat flags a proposal
     whose tails are too light where it does reach; it cannot see a mode the proposal never
     reaches, which is one reason to compare with the chains (`compare_mode_weights`).
+
+    Defensive importance sampling (Hesterberg 1995): with a `reference`, a broad distribution
+    (the one the chains were started from, or `broad_reference(chains)`), the proposal becomes
+    the mixture `(1 - defensive) q + defensive * reference`: `defensive * n` draws come from the
+    reference, the rest from `q`, and every draw is weighed against the mixture density. Where
+    `q` has no mass the weights are bounded by `p / (defensive * reference)`, so mass the flow
+    never saw shows up in the weights (`reference_share`, `missed_by_proposal`), in a
+    disagreement with the chains, or in a large k-hat, instead of silently vanishing. It can
+    only see mass the reference reaches: in high dimension a broad reference puts almost no
+    draws in a small far-away mode (its volume is a vanishing share of the reference's), so a
+    clean defensive estimate is evidence, not proof, that nothing is missed.
 
     Args:
         log_prob: unnormalized log-density, a callable `x[n, dim] -> Tensor[n]` or an object
@@ -238,9 +273,13 @@ def importance_mode_weights(
         seed: if given, proposals are drawn under this torch seed without touching the global
             random state (distributions sample from the global generator).
         batch_size: proposals drawn and scored per batch, to bound memory.
+        reference: a torch Distribution (or a module returning one) for defensive importance
+            sampling; None for plain SNIS from `proposal`.
+        defensive: share of the `n` proposals drawn from `reference`, in (0, 1).
 
     Returns:
-        `ModeWeights` with `method="importance"`, `pareto_k` and `weights_ess` set.
+        `ModeWeights` with `method="importance"`, `pareto_k` and `weights_ess` set, and
+        `defensive` and `reference_share` with a reference.
 
     Example:
         >>> import torch
@@ -255,10 +294,22 @@ def importance_mode_weights(
     """
     if n < 2:
         raise ValueError(f"importance sampling needs n >= 2 proposals; received n={n}.")
+    n_ref = 0
+    if reference is not None:
+        if not 0.0 < defensive < 1.0:
+            raise ValueError(f"defensive must be a share in (0, 1); received {defensive!r}.")
+        n_ref = max(1, round(defensive * n))
+        if n_ref >= n:
+            raise ValueError(f"n={n} proposals leave none for the flow at defensive={defensive}.")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
-        x, log_w = _propose_and_weigh(log_prob, proposal, n, batch_size)
+        if reference is None:
+            x, log_w = _propose_and_weigh(log_prob, proposal, n, batch_size)
+        else:
+            x, log_w = _defensive_propose_and_weigh(
+                log_prob, proposal, reference, n - n_ref, n_ref, batch_size
+            )
     finite = np.isfinite(log_w)
     if not finite.any():
         raise ValueError(
@@ -279,6 +330,12 @@ def importance_mode_weights(
     ess = np.full(k, kish)
     ess[interior] = weights[interior] * (1 - weights[interior]) / se[interior] ** 2
     lower, upper = _wilson(weights, ess, level)
+    share = None
+    if n_ref:
+        from_ref = np.zeros(n, dtype=bool)
+        from_ref[n - n_ref :] = True  # the reference's draws come last
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(weights > 0, (w * from_ref) @ indicators / weights, 0.0)
     return ModeWeights(
         weights,
         se,
@@ -290,7 +347,49 @@ def importance_mode_weights(
         level,
         pareto_k=_arviz.pareto_khat(log_w[finite]),
         weights_ess=kish,
+        defensive=None if not n_ref else n_ref / n,
+        reference_share=share,
     )
+
+
+def broad_reference(
+    samples: Any, centers: Any = None, *, scale: float = 2.0
+) -> torch.distributions.Distribution:
+    """A broad Gaussian reference for defensive importance sampling, from the chains.
+
+    For when the distribution the chains were started from is not at hand: a full-covariance
+    Gaussian centred on the pooled draws (and the known mode centers), with covariance
+    `scale**2 * (cov(draws) + cov(mean of draws, centers...))`, so it spans the known modes
+    even when every chain sits in one of them.
+
+    Args:
+        samples: chains `(chains, draws, *event)` / a Trace, or points `(n, dim)`.
+        centers: `(K, dim)` known mode centers, or None.
+        scale: how much wider than the draws' spread.
+
+    Example:
+        >>> import numpy as np
+        >>> ref = broad_reference(np.random.default_rng(0).normal(size=(2, 100, 2)),
+        ...                       np.array([[-4.0, 0.0], [4.0, 0.0]]))
+        >>> bool(ref.covariance_matrix[0, 0] > 4 * ref.covariance_matrix[1, 1])
+        True
+    """
+    from flowmc_ebm.diagnostics._chains import points_tensor
+
+    x = points_tensor(samples).to(torch.float64)
+    if x.shape[0] > 20_000:
+        x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:20_000]]
+    mean = x.mean(0)
+    cov = torch.atleast_2d(torch.cov(x.T)) if x.shape[0] > 1 else torch.eye(x.shape[1], dtype=x.dtype)
+    if centers is not None:
+        c = torch.as_tensor(np.asarray(centers, dtype=np.float64)).reshape(-1, x.shape[1])
+        anchors = torch.cat([mean[None], c])
+        mean = anchors.mean(0)
+        cov = cov + torch.atleast_2d(torch.cov(anchors.T, correction=0))
+    cov = scale**2 * cov
+    cov = cov + 1e-6 * (torch.diagonal(cov).mean() + 1.0) * torch.eye(x.shape[1], dtype=x.dtype)
+    dtype = torch.get_default_dtype()
+    return torch.distributions.MultivariateNormal(mean.to(dtype), covariance_matrix=cov.to(dtype))
 
 
 @dataclass(frozen=True)
@@ -391,15 +490,56 @@ def compare_mode_weights(a: ModeWeights, b: ModeWeights, *, alpha: float = 0.05)
     return ModeWeightComparison(names, diff, z, threshold, agree, message)
 
 
-def _propose_and_weigh(
-    log_prob: Any, proposal: Any, n: int, batch_size: int
-) -> tuple[torch.Tensor, np.ndarray]:
+def _distribution(proposal: Any, name: str = "proposal") -> torch.distributions.Distribution:
     q = proposal if isinstance(proposal, torch.distributions.Distribution) else proposal()
     if not isinstance(q, torch.distributions.Distribution):
         raise ValueError(
-            "proposal must be a torch Distribution or a module returning one; "
+            f"{name} must be a torch Distribution or a module returning one; "
             f"received {type(proposal).__name__} returning {type(q).__name__}."
         )
+    return q
+
+
+def _defensive_propose_and_weigh(
+    log_prob: Any, proposal: Any, reference: Any, n_flow: int, n_ref: int, batch_size: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Draws from the flow, then from the reference, each weighed against the mixture."""
+    q, r = _distribution(proposal), _distribution(reference, "reference")
+    share = n_ref / (n_flow + n_ref)
+    target = getattr(log_prob, "log_prob", log_prob)
+    xs, log_ws = [], []
+    for dist, count in ((q, n_flow), (r, n_ref)):
+        for start in range(0, count, batch_size):
+            m = min(batch_size, count - start)
+            x = dist.sample((m,))
+            log_q, log_r, log_p = q.log_prob(x), r.log_prob(x), target(x)
+            for name, value in (
+                ("proposal.log_prob", log_q),
+                ("reference.log_prob", log_r),
+                ("log_prob", log_p),
+            ):
+                _check_one_per_point(name, value, m)
+            log_mix = torch.logaddexp(
+                log_q.double() + np.log1p(-share), log_r.double().to(log_q.device) + np.log(share)
+            )
+            xs.append(x.reshape(m, -1).cpu())
+            log_ws.append((log_p.double() - log_mix).cpu())
+    return torch.cat(xs), torch.cat(log_ws).numpy()
+
+
+def _check_one_per_point(name: str, value: torch.Tensor, m: int) -> None:
+    if value.shape != (m,):
+        raise ValueError(
+            f"{name} must return one value per point, shape ({m},); received "
+            f"{tuple(value.shape)}. For a factorized torch distribution wrap it in "
+            f"Independent(..., 1)."
+        )
+
+
+def _propose_and_weigh(
+    log_prob: Any, proposal: Any, n: int, batch_size: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    q = _distribution(proposal)
     target = getattr(log_prob, "log_prob", log_prob)
     xs, log_ws = [], []
     for start in range(0, n, batch_size):
@@ -407,12 +547,7 @@ def _propose_and_weigh(
         x = q.sample((m,))
         log_q, log_p = q.log_prob(x), target(x)
         for name, value in (("proposal.log_prob", log_q), ("log_prob", log_p)):
-            if value.shape != (m,):
-                raise ValueError(
-                    f"{name} must return one value per point, shape ({m},); received "
-                    f"{tuple(value.shape)}. For a factorized torch distribution wrap it in "
-                    f"Independent(..., 1)."
-                )
+            _check_one_per_point(name, value, m)
         xs.append(x.reshape(m, -1).cpu())
         log_ws.append((log_p.double() - log_q.double()).cpu())
     return torch.cat(xs), torch.cat(log_ws).numpy()
