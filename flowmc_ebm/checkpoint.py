@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from samplers.rundir import atomic_write, fsync_directory
+from samplers.trace import read_limit
 
 __all__ = ["FORMAT", "LATEST", "checkpoint_path", "latest_checkpoint", "list_checkpoints",
            "load_checkpoint", "save_checkpoint", "write_numbered_checkpoint"]
@@ -75,8 +76,14 @@ def load_checkpoint(path: str | Path, kind: str, map_location: Any = "cpu") -> d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; a checkpoint must be a regular file (a link "
+                         "could point anywhere)")
+    _check_declared_size(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to load this checkpoint") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             KeyError, AttributeError, IndexError, UnicodeDecodeError, OSError) as err:
         # OSError too: a truncated zip archive can make the reader seek outside the file.
@@ -92,6 +99,20 @@ def load_checkpoint(path: str | Path, kind: str, map_location: Any = "cpu") -> d
     if state.get("kind") != kind:
         raise ValueError(f"{path} holds a {state.get('kind')!r} checkpoint; expected {kind!r}")
     return state
+
+
+def _check_declared_size(path: Path) -> None:
+    """Refuse a checkpoint whose archive declares more bytes, decompressed, than the read limit
+    (`samplers.trace.read_limit`: half the available memory unless set), before reading any."""
+    limit = read_limit()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        declared = path.stat().st_size  # not a zip (legacy format or junk): torch.load decides
+    if declared > limit:
+        raise ValueError(f"{path} declares {declared} bytes once decompressed, above the read "
+                         f"limit of {limit} bytes (samplers.trace.set_read_limit raises it)")
 
 
 def checkpoint_path(directory: str | Path, iteration: int) -> Path:

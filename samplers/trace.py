@@ -35,6 +35,9 @@ _STATE = "state-{:06d}.pt"
 _STATE_RE = re.compile(r"state-(\d{6})\.pt")
 _MAX_MANIFEST_BYTES = 1 << 20
 _MAX_MEMBERS = 256
+# A member this large that compresses this well is a zip bomb, not a trace: `np.savez` (which
+# `Trace.save` and the chunks use) stores arrays uncompressed.
+_BOMB_BYTES, _BOMB_RATIO = 64 << 20, 100
 _read_limit: int | None = None
 
 
@@ -101,6 +104,11 @@ def _read_arrays(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarr
         for info in infos:
             if not info.filename.endswith(".npy"):
                 raise ValueError(f"holds {info.filename!r}, not an .npy array")
+            if (info.file_size > _BOMB_BYTES
+                    and info.file_size > _BOMB_RATIO * max(info.compress_size, 1)):
+                raise ValueError(f"array {info.filename!r} would decompress from "
+                                 f"{info.compress_size} to {info.file_size} bytes: refused as a "
+                                 "zip bomb (traces are written uncompressed)")
             with zf.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
