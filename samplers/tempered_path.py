@@ -87,12 +87,21 @@ class PathMALA(StepSizeTuned):
 
     Each step costs one evaluation of the target and of the reference (with gradients) at the
     proposals; the state keeps them apart for the swaps.
+
+    Each step uses ``h · jitter^(u − 1/2)``, ``u ~ U(0, 1)`` drawn afresh (a mixture of exact MALA
+    kernels, so still exact). Why: one replica's step size is tuned to the modes most replicas at
+    its β sit in; a mode 3× narrower needs a step 9× smaller, and without the jitter a replica
+    there rejects every move and replicas around it never step into it — the narrow mode then
+    fills far too slowly through the ladder (measured: a 4-D mixture with modes 3× narrower kept
+    0.16 of a 0.30 mode after 3000 steps).
     """
 
-    def __init__(self, path: TemperedPath, step_size: float | Tensor, target_accept: float = 0.574):
+    def __init__(self, path: TemperedPath, step_size: float | Tensor, target_accept: float = 0.574,
+                 jitter: float = 100.0):
         self.path = path
         self.log_prob = path.log_prob
         self.step_size = step_size
+        self.jitter = jitter
         self.adaptation = DualAveraging(target_accept)
 
     def init(self, x: Tensor) -> PathState:
@@ -104,7 +113,9 @@ class PathMALA(StepSizeTuned):
 
     def step(self, state: PathState, generator: torch.Generator | None = None
              ) -> tuple[PathState, Info]:
-        h = state.step_size
+        u = torch.rand(state.step_size.shape, generator=generator, device=state.x.device,
+                       dtype=state.x.dtype)
+        h = state.step_size * self.jitter ** (u - 0.5)
         y = langevin_proposal(state.x, state.grad, h, generator)
         lt, lr, gt, gr = self.path.components(y, True)
         new = path_state(self.path.beta_for(y), y, lt, lr, gt, gr, h)
@@ -113,10 +124,10 @@ class PathMALA(StepSizeTuned):
         accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
         a, e = accepted, event_view(accepted, y)
         out = PathState(torch.where(e, y, state.x), torch.where(a, new.log_prob, state.log_prob),
-                        torch.where(e, new.grad, state.grad), h,
+                        torch.where(e, new.grad, state.grad), state.step_size,
                         torch.where(a, lt, state.log_target), torch.where(a, lr, state.log_ref),
                         torch.where(e, gt, state.grad_target), torch.where(e, gr, state.grad_ref))
-        return out, Info(accept_prob, accepted, h, invalid)
+        return out, Info(accept_prob, accepted, state.step_size, invalid)
 
     def __repr__(self) -> str:
         return f"PathMALA(target_accept={self.adaptation.target_accept})"
