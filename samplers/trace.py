@@ -600,15 +600,30 @@ class StreamedTrace:
             raise ValueError(f"streamed trace {self.path}: the manifest lists "
                              f"{self._listed_draws} draws but its chunks hold {start}")
 
-    def load(self) -> Trace:
-        """All completed chunks as one in-memory `Trace`."""
-        parts = list(self.chunks())
+    def load(self, max_draws: int | None = None) -> Trace:
+        """All completed chunks as one in-memory `Trace`; with ``max_draws``, every k-th draw
+        only (k the smallest that keeps at most ``max_draws``; ``thin`` is multiplied by k),
+        read chunk by chunk, so memory holds one chunk plus the draws kept."""
+        if max_draws is not None and (isinstance(max_draws, bool) or not isinstance(max_draws, int)
+                                      or max_draws < 1):
+            raise ValueError(f"max_draws must be a positive int or None; got {max_draws!r}")
+        step = 1 if max_draws is None else max(1, -(-self.n_draws // max_draws))
+        parts, seen = [], 0
+        for chunk in self.chunks():
+            first = (-seen) % step
+            seen += chunk.n_draws
+            if step > 1:
+                chunk = Trace(chunk.samples[:, first::step].clone(),
+                              chunk.log_prob[:, first::step].clone(),
+                              {k: v[:, first::step].clone() for k, v in chunk.stats.items()})
+            if chunk.n_draws:
+                parts.append(chunk)
         if not parts:
             raise ValueError(f"streamed trace {self.path} holds no completed chunk yet")
         stats = {k: torch.cat([p.stats[k] for p in parts], 1) for k in parts[0].stats}
         return Trace(torch.cat([p.samples for p in parts], 1),
                      torch.cat([p.log_prob for p in parts], 1), stats, self.wall_time,
-                     self.warmup, self.thin, self.kernel, self.state)
+                     self.warmup, self.thin * step, self.kernel, self.state)
 
     def to_arviz(self, var_name: str = "x"):
         """`Trace.to_arviz` of the loaded trace."""
