@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,72 @@ def test_sigkilled_streamed_runs_resume_bit_identical_short():
 @pytest.mark.slow
 def test_sigkilled_streamed_runs_resume_bit_identical_campaign():
     assert_campaign(crash_campaign(20, seed=2), 20)
+
+
+def test_a_full_disk_at_any_write_is_named_and_the_run_resumes_once_space_is_freed(
+        tmp_path, reference):
+    """ENOSPC injected at each atomic write of a run in turn (chunks, run states, manifests)."""
+    from samplers import rundir
+
+    writes = []
+    rundir.set_fault_hook(lambda point, path: writes.append(path) if point == "open" else None)
+    try:
+        run("mala", tmp_path / "count", chunk_size=10)
+    finally:
+        rundir.set_fault_hook(None)
+    # The first manifest, 2 commits (start, end of warm-up) of state + manifest,
+    # 2 chunks x (chunk, state, manifest), the closing manifest.
+    assert len(writes) == 1 + 2 * 2 + 2 * 3 + 1
+    for k in range(len(writes)):
+        out = tmp_path / f"full-{k}"
+        calls = [0]
+
+        def full(point, path, k=k, calls=calls):
+            if point == "write":
+                calls[0] += 1
+                if calls[0] == k + 1:
+                    raise OSError(28, "No space left on device")
+
+        rundir.set_fault_hook(full)
+        try:
+            with pytest.raises(OSError, match="No space left on device") as info:
+                run("mala", out, chunk_size=10)
+        finally:
+            rundir.set_fault_hook(None)
+        message = str(info.value)
+        assert f"cannot write {out / writes[k].name}" in message and "\n" not in message
+        assert ("previous version is intact" in message) == (writes[k].name == "manifest.json"
+                                                            and k > 0)
+        if (out / "manifest.json").exists():  # what was committed before the fault reads
+            reader = samplers.open_trace(out)
+            assert reader.n_draws == sum(c.n_draws for c in reader.chunks())
+        assert_same(run("mala", out, resume=True, chunk_size=10).load(), reference["mala"])
+
+
+def test_a_reader_polling_a_running_stream_always_sees_a_consistent_prefix(tmp_path, reference):
+    import threading
+
+    out = tmp_path / "run"
+    slow = make("mala")
+    step = slow.step
+
+    def slower(state, generator=None):
+        time.sleep(0.002)  # let the reader in between the writer's files
+        return step(state, generator)
+
+    slow.step = slower
+    writer = threading.Thread(target=run, args=("mala", out), kwargs={"kernel": slow})
+    writer.start()
+    seen, polls = set(), 0
+    while writer.is_alive() or polls == 0:
+        if (out / "manifest.json").exists():
+            reader = samplers.open_trace(out)
+            if reader.files:
+                part = reader.load()
+                torch.testing.assert_close(part.samples,
+                                           reference["mala"].samples[:, :part.n_draws],
+                                           rtol=0, atol=0)
+                seen.add(part.n_draws)
+            polls += 1
+    writer.join()
+    assert polls > 10 and len(seen) >= 3, (polls, seen)
