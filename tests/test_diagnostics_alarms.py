@@ -102,3 +102,23 @@ def test_defensive_importance_sampling_reveals_mass_the_flow_never_saw():
     assert not compare_mode_weights(stuck, defended).agree
     r = report(draws_in([0, 0, 0, 0]), CENTERS, log_prob=mixture_log_prob, proposal=flow, reference=reference)
     assert any("reference" in m and "[1, 2]" in m for m in r.warnings), r.warnings
+
+
+# --- 4. suspect chains: R* and leave-one-out R-hat -----------------------------------------
+
+
+def test_an_outlier_chain_is_named_by_leave_one_out_rhat_and_rstar(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 400, 2))
+    x[4, :, 0] += 3.0  # chain 4 shifted by 3 standard deviations
+    r = report(x, out=tmp_path)
+    assert not r.mixing.converged
+    assert r.suspect_chains == [4]
+    assert r.suspects.by_loo.tolist() == [4] and 4 in r.suspects.by_rstar.tolist()
+    assert r.suspects.rstar > 1.5  # R* = chains x held-out accuracy, 1 when chains mix
+    assert "Suspect chains: [4]" in r.table()
+    assert any("chain" in w and "[4]" in w for w in r.warnings)
+    assert "suspect_chains" in r.figures
+    # Healthy chains: nothing suspect.
+    healthy = report(rng.normal(size=(6, 400, 2)))
+    assert healthy.suspect_chains == [] and healthy.suspects.rstar < 1.5

@@ -58,7 +58,7 @@ def test_report_of_mixed_chains_has_no_warnings_and_writes_figures_and_json(tmp_
     elapsed = time.perf_counter() - start
     assert r.warnings == [], r.warnings
     assert r.comparison.agree
-    assert set(r.figures) == {"traces", "samples", "occupancy", "mode_weights"}
+    assert set(r.figures) == {"traces", "samples", "occupancy", "mode_weights", "suspect_chains"}
     for path in r.figures.values():
         assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -17,6 +17,7 @@ from flowmc_ebm.diagnostics.hopping import ModeHopping, mode_hopping
 from flowmc_ebm.diagnostics.metrics import log_density_error
 from flowmc_ebm.diagnostics.mixing import MixingSummary, mixing
 from flowmc_ebm.diagnostics.modes import fit_modes
+from flowmc_ebm.diagnostics.suspects import SuspectChains, plot_suspects, suspect_chains
 from flowmc_ebm.diagnostics.weights import (
     KHAT_THRESHOLD,
     ModeWeightComparison,
@@ -40,6 +41,8 @@ class Report:
         comparison: whether the two mode-weight estimates agree.
         true_weights: `(K,)` when known.
         metrics: the paper's numbers that apply (max R-hat, mode-weight MSEs, 2-D grid errors).
+        suspects: which chains look unlike the others and why (R*, leave-one-out R-hat,
+            collapsed step sizes, chains that never moved).
         warnings: sentences flagging what looks wrong.
         figures: name -> path of each PNG written.
     """
@@ -50,12 +53,23 @@ class Report:
     importance: ModeWeights | None = None
     comparison: ModeWeightComparison | None = None
     true_weights: np.ndarray | None = None
+    suspects: SuspectChains | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     figures: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def suspect_chains(self) -> list[int]:
+        """Indices of the chains that look unlike the others, for any reason."""
+        return [] if self.suspects is None else self.suspects.chains
+
     def table(self) -> str:
         parts = [self.mixing.table()]
+        if self.suspects is not None:
+            line = f"Suspect chains: {self.suspect_chains}" if self.suspect_chains else "Suspect chains: none"
+            if np.isfinite(self.suspects.rstar):
+                line += f" (R* {self.suspects.rstar:.2f})"
+            parts.append(line)
         if self.hopping is not None:
             parts.append(self.hopping.table())
         for est in (self.occupancy, self.importance):
@@ -83,6 +97,8 @@ class Report:
             "importance": self.importance.to_dict() if self.importance else None,
             "comparison": self.comparison.to_dict() if self.comparison else None,
             "true_weights": None if self.true_weights is None else self.true_weights.tolist(),
+            "suspect_chains": self.suspect_chains,
+            "suspects": self.suspects.to_dict() if self.suspects else None,
             "metrics": self.metrics,
             "warnings": self.warnings,
             "figures": {k: str(v) for k, v in self.figures.items()},
@@ -151,6 +167,12 @@ def report(
     result = Report(mixing=summary, metrics={"max_rhat": summary.max_rhat})
     if not summary.converged:
         result.warnings.append(f"Coordinate R-hat up to {summary.max_rhat:.3f}: the chains have not mixed.")
+    x64 = x.to(torch.float64).numpy()
+    result.suspects = suspect_chains(x64, getattr(trace, "stats", None), rhat=summary.rhat, seed=seed)
+    result.warnings.extend(result.suspects.messages())
+    result.metrics["rstar"] = result.suspects.rstar
+    result.metrics["collapsed_step_chains"] = float(result.suspects.collapsed.size)
+    result.metrics["frozen_chains"] = float(result.suspects.frozen.size)
 
     if true_weights is None and target is not None:
         true_weights = target.weights
@@ -296,6 +318,8 @@ def _write_figures(
         if result.importance is not None:
             estimates["importance sampling"] = result.importance
         figs["mode_weights"] = plots.plot_mode_weights(estimates, result.true_weights)
+    if result.suspects is not None and np.isfinite(result.suspects.rstar):
+        figs["suspect_chains"] = plot_suspects(result.suspects)
     paths = {}
     for name, fig in figs.items():
         paths[name] = out / f"{name}.png"
