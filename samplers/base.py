@@ -111,29 +111,39 @@ class Kernel:
     def load_state_dict(self, saved: dict[str, Any], like: State) -> State:
         """Restore the kernel's parameters and return the saved chains' state, shaped and placed
         like ``like`` (a state from `init` on the run's starting positions)."""
-        self.load_params_state_dict(saved["params"])
+        if self.load_params_state_dict(saved["params"]):
+            like = self.init(like.x)  # a restored schedule may change the state's shape
         return from_plain(saved["chains"], like, "chains")
 
     def params_state_dict(self) -> dict[str, Any]:
-        """The state dicts of the modules the kernel holds (a flow) and of its inner kernels."""
+        """The state dicts of the modules the kernel holds (a flow), its tensor attributes (a
+        tuned schedule) and its inner kernels'."""
         out: dict[str, Any] = {}
         for name, value in vars(self).items():
             if name == "log_prob":  # the target is the caller's, not the kernel's to restore
                 continue
             if isinstance(value, nn.Module):
                 out[name] = value.state_dict()
+            elif isinstance(value, Tensor):
+                out[name] = value.detach().clone()
             elif isinstance(value, Kernel):
                 out[name] = value.params_state_dict()
         return out
 
-    def load_params_state_dict(self, saved: dict[str, Any]) -> None:
-        for name, value in vars(self).items():
+    def load_params_state_dict(self, saved: dict[str, Any]) -> bool:
+        """Restore what `params_state_dict` saved; True if a tensor attribute was restored."""
+        tensors = False
+        for name, value in list(vars(self).items()):
             if name == "log_prob" or name not in saved:
                 continue
             if isinstance(value, nn.Module):
                 value.load_state_dict(saved[name])
+            elif isinstance(value, Tensor) and isinstance(saved[name], Tensor):
+                setattr(self, name, saved[name].to(value.device))
+                tensors = True
             elif isinstance(value, Kernel):
-                value.load_params_state_dict(saved[name])
+                tensors = value.load_params_state_dict(saved[name]) or tensors
+        return tensors
 
     def warmup_state_dict(self, wstate: Any) -> Any:
         """The warm-up state (`warmup_init`'s record: dual averaging, a flow's optimizer and

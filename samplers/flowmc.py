@@ -181,9 +181,10 @@ class FlowMC(Kernel):
     def params_state_dict(self) -> dict:
         return {**super().params_state_dict(), "flow_losses": self.flow_losses}
 
-    def load_params_state_dict(self, saved: dict) -> None:
-        super().load_params_state_dict(saved)
+    def load_params_state_dict(self, saved: dict) -> bool:
+        reshaped = super().load_params_state_dict(saved)
         self.flow_losses = saved.get("flow_losses")
+        return reshaped
 
     def load_warmup_state_dict(self, saved, state: State) -> FlowMCWarmup:
         wstate = super().load_warmup_state_dict(saved, state)

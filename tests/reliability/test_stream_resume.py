@@ -1,7 +1,7 @@
 """Streamed sampling resumes exactly: a run stopped anywhere (in warm-up, mid-chunk, on a chunk
 boundary, several times) and continued with ``sample(..., out=dir, resume=True)`` gives the draws
 of the uninterrupted run bit for bit (MALA, HMC, FlowMC with its flow trained in warm-up, latent
-MALA); resuming with other settings is refused by name; a finished run resumed is returned as is.
+MALA, parallel tempering with its tuned schedule); resuming with other settings is refused by name; a finished run resumed is returned as is.
 A SIGKILL campaign (`stream_crash.py`: kills after random delays and inside file writes) checks
 the same of processes killed at random moments: 5 kills per kernel here, 20 in the slow test.
 """
@@ -33,6 +33,11 @@ def make(name, flow_seed=0):
         return samplers.MALA(gaussian, 0.5)
     if name == "hmc":
         return samplers.HMC(gaussian, 0.2, n_leapfrog=3)
+    if name == "pt":  # its schedule is tuned in warm-up and must be restored with the chains
+        from torch.distributions import Independent, Normal
+
+        return samplers.ParallelTempering(
+            gaussian, Independent(Normal(torch.zeros(D), 3 * torch.ones(D)), 1), n_replicas=4)
     if name == "flowmc":
         return samplers.FlowMC(gaussian, zuko.flows.RealNVP(D, transforms=2, hidden_features=[8]),
                                n_local=2, n_particles=4, batch_size=32, replay_steps=4)
@@ -74,7 +79,7 @@ def assert_same(a, b):
 
 @pytest.fixture(scope="module")
 def reference():
-    return {name: run(name) for name in ["mala", "hmc", "flowmc", "latent"]}
+    return {name: run(name) for name in ["mala", "hmc", "flowmc", "latent", "pt"]}
 
 
 # Steps (warm-up + sampling) before each stop: 12 warm-up steps, commits every 6 of them and
@@ -106,7 +111,7 @@ def test_a_stopped_run_resumed_gives_the_uninterrupted_draws(tmp_path, reference
     assert resumed.wall_time > 0
 
 
-@pytest.mark.parametrize("name", ["hmc", "latent"])
+@pytest.mark.parametrize("name", ["hmc", "latent", "pt"])
 def test_other_kernels_resume_exactly_too(tmp_path, reference, name):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
