@@ -1,7 +1,8 @@
 """Streamed sampling resumes exactly: a run stopped anywhere (in warm-up, mid-chunk, on a chunk
 boundary, several times) and continued with ``sample(..., out=dir, resume=True)`` gives the draws
 of the uninterrupted run bit for bit (MALA, HMC, FlowMC with its flow trained in warm-up, latent
-MALA, parallel tempering with its tuned schedule); resuming with other settings is refused by name; a finished run resumed is returned as is.
+MALA, parallel tempering with its tuned schedule); resuming with other settings is refused by
+name; a finished run resumed is returned as is.
 A SIGKILL campaign (`stream_crash.py`: kills after random delays and inside file writes) checks
 the same of processes killed at random moments: 5 kills per kernel here, 20 in the slow test.
 """
@@ -37,7 +38,8 @@ def make(name, flow_seed=0):
         from torch.distributions import Independent, Normal
 
         return samplers.ParallelTempering(
-            gaussian, Independent(Normal(torch.zeros(D), 3 * torch.ones(D)), 1), n_replicas=4)
+            gaussian, Independent(Normal(torch.zeros(D), 3 * torch.ones(D)), 1), n_replicas=4,
+            first_round=4)  # rounds of 4, 8 steps: the schedule is re-tuned within the warm-up
     if name == "flowmc":
         return samplers.FlowMC(gaussian, zuko.flows.RealNVP(D, transforms=2, hidden_features=[8]),
                                n_local=2, n_particles=4, batch_size=32, replay_steps=4)
