@@ -122,3 +122,58 @@ def test_an_outlier_chain_is_named_by_leave_one_out_rhat_and_rstar(tmp_path):
     # Healthy chains: nothing suspect.
     healthy = report(rng.normal(size=(6, 400, 2)))
     assert healthy.suspect_chains == [] and healthy.suspects.rstar < 1.5
+
+
+# --- 5. step sizes that collapsed in warm-up, chains that never moved ----------------------
+
+
+def test_a_collapsed_step_size_and_a_frozen_chain_are_warned_and_counted():
+    import types
+
+    import samplers
+
+    g = torch.Generator().manual_seed(3)
+    log_prob = lambda x: -0.5 * x.square().sum(-1)  # noqa: E731
+    steps = torch.tensor([0.8, 0.8, 0.8, 1e-15, 0.8, 0.8])  # chain 3's step collapsed
+    kernel = samplers.MALA(log_prob, steps)
+    trace = samplers.sample(kernel, torch.randn(6, 3, generator=g), 400, progress=False, generator=g)
+    r = report(trace)
+    assert r.suspects.collapsed.tolist() == [3] and r.metrics["collapsed_step_chains"] == 1
+    assert any("Step size collapsed" in w and "[3]" in w for w in r.warnings), r.warnings
+    assert 3 in r.suspect_chains
+    # A chain that never moved at all (acceptance 0 or a copy of one point).
+    x = np.random.default_rng(4).normal(size=(4, 300, 2))
+    x[1] = x[1, :1]
+    frozen = report(types.SimpleNamespace(samples=x, stats={}))
+    assert frozen.suspects.frozen.tolist() == [1] and frozen.metrics["frozen_chains"] == 1
+    assert any("never moved" in w for w in frozen.warnings)
+
+
+# --- 6. what read wrong --------------------------------------------------------------------
+
+
+def test_exact_estimates_that_agree_to_round_off_are_not_called_different():
+    from flowmc_ebm.diagnostics import ModeWeights
+
+    def exact(w, se):
+        w, se = np.array(w), np.array(se)
+        return ModeWeights(w, se, w, w, np.full(3, np.inf), "exact", 1)
+
+    a = exact([1.0 - 1e-16, 1e-16, 0.0], [1e-18, 1e-18, 0.0])
+    b = exact([1.0, 0.0, 1e-17], [0.0, 0.0, 1e-19])
+    c = compare_mode_weights(a, b)
+    assert c.agree and c.max_abs_z == 0.0, c.message
+    # Exact estimates that truly differ still disagree.
+    assert not compare_mode_weights(a, exact([0.5, 0.5, 0.0], [0.0, 0.0, 0.0])).agree
+
+
+def test_a_nan_rhat_and_a_constant_indicator_read_as_what_they_are():
+    from flowmc_ebm.diagnostics import mixing
+
+    x = np.random.default_rng(5).normal(size=(4, 200, 2))
+    x[..., 1] = 0.0  # a coordinate that never changes
+    table = mixing(x).table()
+    assert "R-hat >= 1.01" not in table and "undefined" in table and "[1]" in table
+    hop = mode_hopping(draws_in([0, 0, 2, 2]), CENTERS, warn=False)
+    assert hop.max_rhat > 1e6  # the number is ArviZ's ...
+    assert "e+" not in hop.table() and "constant within chains" in hop.table()  # ... not shown

@@ -99,11 +99,22 @@ class ModeHopping:
             f"transitions per chain: mean {self.transitions.mean():.1f}, "
             f"min {self.transitions.min()}, max {self.transitions.max()}; "
             f"round trips per chain: mean {self.round_trips.mean():.1f}",
-            "indicator R-hat: " + ", ".join(f"{r:.3g}" for r in self.rhat),
+            "indicator R-hat: " + ", ".join(self._rhat_text(k) for k in range(self.n_modes)),
         ]
         if self.message:
             lines.append(self.message)
         return "\n".join(lines)
+
+    def _rhat_text(self, k: int) -> str:
+        # An indicator constant within every chain but not between them makes ArviZ's R-hat
+        # 0/0-ish (1e16 or inf): say what it is instead of printing that number.
+        ind = self.labels == k
+        constant = bool((ind.all(axis=1) | ~ind.any(axis=1)).all())
+        if constant and ind.any() and not ind.all():
+            return "constant within chains"
+        if np.isnan(self.rhat[k]):
+            return "undefined (constant)"
+        return f"{self.rhat[k]:.3g}"
 
     def __str__(self) -> str:
         return self.table()

@@ -71,6 +71,12 @@ class MixingSummary:
         """
         return self.max_rhat < RHAT_THRESHOLD
 
+    @property
+    def converged_defined(self) -> bool:
+        """Whether every coordinate with a defined (non-NaN) R-hat is below the threshold."""
+        defined = self.rhat[~np.isnan(self.rhat)]
+        return bool(defined.size) and bool(np.all(defined < RHAT_THRESHOLD))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: scalars, per-dimension lists, acceptance."""
         out: dict[str, Any] = {
@@ -108,7 +114,7 @@ class MixingSummary:
         ]
         for d in rows:
             line = (
-                f"{d:>5} {self.rhat[d]:>7.3f} {self.ess_bulk[d]:>9.0f} {self.ess_tail[d]:>9.0f} "
+                f"{d:>5} {_fmt_rhat(self.rhat[d]):>7} {self.ess_bulk[d]:>9.0f} {self.ess_tail[d]:>9.0f} "
                 f"{self.mcse_mean[d]:>10.3g} {self.iat[d]:>7.2f}"
             )
             if self.ess_per_second is not None:
@@ -116,9 +122,20 @@ class MixingSummary:
             lines.append(line)
         if dim > max_rows:
             lines.append(f"  (showing the {max_rows} of {dim} dims with the largest R-hat)")
-        verdict = "ok" if self.converged else f"NOT MIXED: some R-hat >= {RHAT_THRESHOLD}"
+        undefined = np.flatnonzero(np.isnan(self.rhat))
+        if undefined.size:
+            verdict = (
+                f"R-hat undefined for dims {undefined.tolist()}: constant draws, no variance to "
+                f"compare; {'the other dims are ok' if self.converged_defined else 'NOT MIXED'}"
+            )
+        elif self.converged:
+            verdict = "ok"
+        else:
+            verdict = f"NOT MIXED: some R-hat >= {RHAT_THRESHOLD}"
+        defined = self.rhat[~np.isnan(self.rhat)]
+        shown = f"{defined.max():.3f}" if defined.size else "undefined"
         lines.append(
-            f"max R-hat {self.max_rhat:.3f} ({verdict}); min ESS bulk {self.min_ess_bulk:.0f}, "
+            f"max R-hat {shown} ({verdict}); min ESS bulk {self.min_ess_bulk:.0f}, "
             f"tail {self.min_ess_tail:.0f}"
         )
         if self.acceptance:
@@ -185,6 +202,10 @@ def max_rhat(samples: Any) -> float:
         True
     """
     return float(np.max(_arviz.rhat(chains_array(samples, min_chains=2, min_draws=4, purpose="Split R-hat"))))
+
+
+def _fmt_rhat(value: float) -> str:
+    return "undef" if np.isnan(value) else f"{value:.3f}"
 
 
 def _stat_means(stats: dict[str, Any]) -> dict[str, float]:

@@ -165,8 +165,15 @@ def report(
     x = chains_tensor(trace)
     summary = mixing(trace)
     result = Report(mixing=summary, metrics={"max_rhat": summary.max_rhat})
-    if not summary.converged:
-        result.warnings.append(f"Coordinate R-hat up to {summary.max_rhat:.3f}: the chains have not mixed.")
+    undefined = np.flatnonzero(np.isnan(summary.rhat))
+    if undefined.size:
+        result.warnings.append(
+            f"R-hat is undefined for dims {undefined.tolist()}: their draws are constant, so "
+            f"nothing can be said of their mixing."
+        )
+    if not summary.converged_defined and (~np.isnan(summary.rhat)).any():
+        worst = float(np.nanmax(summary.rhat))
+        result.warnings.append(f"Coordinate R-hat up to {worst:.3f}: the chains have not mixed.")
     x64 = x.to(torch.float64).numpy()
     result.suspects = suspect_chains(x64, getattr(trace, "stats", None), rhat=summary.rhat, seed=seed)
     result.warnings.extend(result.suspects.messages())

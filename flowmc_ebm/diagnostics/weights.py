@@ -27,6 +27,9 @@ from flowmc_ebm.diagnostics._chains import chains_tensor, require_shape
 from flowmc_ebm.diagnostics.hopping import UnvisitedModesWarning, unvisited_message
 from flowmc_ebm.diagnostics.modes import chain_labels, infer_n_modes, mode_labels
 
+#: Weights that differ by less than this are equal (round-off of sums of float64 weights).
+ROUND_OFF = 1e-12
+
 #: Pareto k-hat above this means importance-sampling estimates are unreliable (Vehtari et al.).
 KHAT_THRESHOLD = 0.7
 
@@ -461,9 +464,15 @@ def compare_mode_weights(a: ModeWeights, b: ModeWeights, *, alpha: float = 0.05)
             f"{b.n_modes}; compute both with the same assign."
         )
     diff = a.weights - b.weights
-    se = np.sqrt(a.se**2 + b.se**2)
+    # A weight that is not estimable (NaN se) contributes no error of its own: its value is
+    # then what the other estimate is tested against. Differences at round-off level (weights
+    # are sums of floats) are no difference, whatever the standard errors, which for exact or
+    # degenerate estimates may be 0 or 1e-18.
+    se = np.sqrt(np.nan_to_num(a.se) ** 2 + np.nan_to_num(b.se) ** 2)
+    diff = np.where(np.abs(diff) <= ROUND_OFF, 0.0, diff)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, diff / se, np.where(diff == 0, 0.0, np.inf * np.sign(diff)))
+    z = np.where(diff == 0, 0.0, z)
     threshold = NormalDist().inv_cdf(1 - alpha / (2 * a.n_modes))
     agree = bool(np.all(np.abs(z) <= threshold))
     worst = int(np.argmax(np.abs(z)))
