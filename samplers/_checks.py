@@ -82,6 +82,41 @@ def _check_output(lp: object, x: Tensor) -> Tensor:
     return lp
 
 
+def check_float_log_prob(lp: Tensor) -> None:
+    """A log-density must be floating point: an integer one rounds every MH ratio."""
+    if not lp.is_floating_point():
+        raise TypeError(f"log_prob must return a floating-point Tensor; got dtype {lp.dtype}. "
+                        "Compute it in float (an integer log-density rounds every acceptance ratio)")
+
+
+def check_gradient_path(lp: Tensor) -> None:
+    """Before autograd's own error: say why a kernel that needs gradients cannot get them.
+    (Attribute checks only: no host sync.)"""
+    if not lp.is_floating_point():
+        raise TypeError(f"log_prob must return a floating-point Tensor for a gradient-based kernel; "
+                        f"got dtype {lp.dtype}, which has no gradient")
+    if not lp.requires_grad:
+        raise TypeError(
+            "log_prob's output has no gradient path to x (it does not require grad): it was "
+            "computed through numpy, detached, under torch.no_grad, or does not depend on x. "
+            "A gradient-based kernel (MALA, HMC, ULA, FlowMC) needs a torch-differentiable "
+            "log-density; use IndependentMH/ISIR for one without gradients"
+        )
+
+
+def check_generator(generator: object, x: Tensor) -> None:
+    """``generator`` must be None or a torch.Generator on ``x``'s device type."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (or None for the global one); got "
+                        f"{type(generator).__name__}. Make one with "
+                        "torch.Generator(device=x0.device).manual_seed(seed)")
+    if generator.device.type != x.device.type:
+        raise ValueError(f"generator must live on the chains' device ({x.device.type}); it is on "
+                         f"{generator.device.type}. Use torch.Generator(device=x0.device)")
+
+
 def evaluate(log_prob: LogProb, x: Tensor, grad: bool) -> tuple[Tensor, Tensor | None]:
     """Log-density (and gradient) at ``x``, detached from any graph.
 
@@ -94,6 +129,7 @@ def evaluate(log_prob: LogProb, x: Tensor, grad: bool) -> tuple[Tensor, Tensor |
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         lp = _check_output(log_prob(xg), x)
+        check_gradient_path(lp)
         (g,) = torch.autograd.grad(lp.sum(), xg)
     return lp.detach(), g
 

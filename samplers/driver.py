@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_positions, check_positive_int
+from ._checks import check_generator, check_positions, check_positive_int
 from .base import Info, Kernel, State
 from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 
@@ -176,6 +176,7 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
         raise TypeError(f"kernel must be a samplers Kernel (with init and step); "
                         f"got {type(kernel).__name__}")
     x0 = check_positions(x0)
+    check_generator(generator, x0)
     check_positive_int(n_steps, "n_steps")
     check_positive_int(warmup, "warmup", minimum=0)
     check_positive_int(thin, "thin")

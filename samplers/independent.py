@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ._checks import check_log_prob_fn, check_positive_int, evaluate, initial_state
+from ._checks import check_float_log_prob, check_log_prob_fn, check_positive_int, evaluate, initial_state
 from .base import Info, Kernel, LogProb, State
 from .proposal import event_view, finite_rows, mh_accept
 
@@ -120,6 +120,7 @@ class IndependentMH(Kernel):
 
     def init(self, x: Tensor) -> State:
         state = initial_state(self.log_prob, x, grad=False)
+        check_float_log_prob(state.log_prob)
         self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
         return state
 
@@ -176,6 +177,7 @@ class ISIR(Kernel):
 
     def init(self, x: Tensor) -> State:
         state = initial_state(self.log_prob, x, grad=False)
+        check_float_log_prob(state.log_prob)
         self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
         return state
 
