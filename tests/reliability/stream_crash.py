@@ -33,9 +33,9 @@ import samplers  # noqa: E402
 from samplers import rundir  # noqa: E402
 
 D, CHAINS = 4, 32
-# MALA: 300 draws in 12 chunks; FlowMC (its flow calls are slower): 30 draws in 6 chunks.
-SETTINGS = {"mala": dict(n_steps=600, warmup=60, thin=2, chunk_size=25),
-            "flowmc": dict(n_steps=60, warmup=20, thin=2, chunk_size=5)}
+# MALA: 150 draws in 10 chunks; FlowMC (its flow calls are slower): 24 draws in 6 chunks.
+SETTINGS = {"mala": dict(n_steps=300, warmup=30, thin=2, chunk_size=15),
+            "flowmc": dict(n_steps=48, warmup=16, thin=2, chunk_size=4)}
 
 
 def log_prob(x):
