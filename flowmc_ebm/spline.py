@@ -12,12 +12,13 @@ and the log-density of the samples in two passes. At ``d = 32`` that costs ~12x 
 - the inverse is analytic (the root of one quadratic per element) and, for
   ``rsample_and_log_prob``, returns its log-determinant from the same pass.
 
-The spline is zuko's, raw parameter for raw parameter: the same soft bound on the raw widths,
+The spline is zuko's, raw parameter for raw parameter (`zuko_layout`): the same soft bound on the raw widths,
 heights and slopes (``slope`` is the minimal slope), the same knots on ``[-B, B]``, boundary
 slopes fixed to 1 and the identity outside ``[-B, B]`` (so the map is C1 at ``±B``: the tails
 are the linear extension of slope 1), and all-zero raw parameters give the identity. The
-conditioner's output has zuko's layout (per transformed feature ``K`` widths, ``K`` heights,
-``K - 1`` slopes), so weights carry over to ``zuko.flows.GeneralCouplingTransform`` with
+conditioner's output holds all raw widths and heights first, then all raw slopes; permuted by
+:func:`zuko_layout` (zuko's per-feature layout: ``K`` widths, ``K`` heights, ``K - 1`` slopes)
+the weights carry over to ``zuko.flows.GeneralCouplingTransform`` with
 ``univariate=MonotonicRQSTransform``.
 
 Example:
@@ -43,99 +44,103 @@ __all__ = [
     "SplineCouplingTransform",
     "rq_spline",
     "rq_spline_inverse",
+    "zuko_layout",
 ]
-
-
-def _triangular(bins: int, like: Tensor, upper: bool) -> Tensor:
-    """Ones on and above (``upper``) or below the diagonal, ``K x K``: ``e @ U`` is
-    ``cumsum(e)`` and ``g @ L`` the reversed cumulative sum, several times faster on CPU than
-    ``cumsum`` over a last dimension of 8."""
-    ones = torch.ones(bins, bins, dtype=like.dtype, device=like.device)
-    return ones.triu() if upper else ones.tril()
 
 
 class _SplineBins(torch.autograd.Function):
     """Bin lookup of a batch of splines, with a hand-written backward.
 
     Autograd through softmax, cumulative sum and gather would allocate and traverse a dozen
-    ``(..., 2K)`` tensors per call; the bin quantities below need three forward and three
-    backward, which is what makes the spline cost close to an affine coupling's.
+    ``(..., 2K)`` tensors per call; here the forward makes two (the exp of the bounded raw
+    widths and heights, and their cumulative sums) and the backward three. Everything after
+    the lookup acts on one value per element.
     """
 
     @staticmethod
-    def forward(ctx, phi: Tensor, t: Tensor, row: int, limit: float) -> tuple[Tensor, ...]:
-        bins = (phi.shape[-1] + 1) // 3
-        raw = phi[..., : 2 * bins]
-        e = raw.abs().mul_(2 / limit).add_(1)
-        torch.div(raw, e, out=e)
-        e = e.exp_().unflatten(-1, (2, bins))  # unnormalized softmax of widths and heights
-        c = torch.matmul(e, _triangular(bins, phi, upper=True))
+    def forward(ctx, raw_wh: Tensor, raw_d: Tensor, t: Tensor, row: int, limit: float):
+        bins = raw_wh.shape[-1] // 2
+        e = raw_wh.abs().mul_(2 / limit).add_(1)
+        torch.div(raw_wh, e, out=e)
+        e = e.exp_()  # unnormalized softmax of widths (first K) and heights (last K)
+        rows = e.unflatten(-1, (2, bins))
+        c = rows.cumsum(-1)
         totals = c[..., bins - 1]
         k = ((t * totals[..., row])[..., None] > c[..., row, : bins - 1]).sum(-1, keepdim=True)
-        # Indices into the flattened [widths | heights] rows, both built from the one k.
+        # One index for the bin in the flattened [widths | heights] rows.
         k_wh = torch.cat([k, k + bins], dim=-1)
-        e_k = e.flatten(-2).gather(-1, k_wh)
+        e_k = e.gather(-1, k_wh)
         c_k = c.flatten(-2).gather(-1, k_wh)
-        # Slopes at the bin's two knots: raw slopes d_1..d_{K-1} sit at slots 1..K-1 of
-        # phi[..., 2K-1:]; the boundary knots (slot 0 and slot K) have slope 1, raw value 0.
-        slots = torch.cat([k, k + 1], dim=-1)
-        inner = (slots > 0) & (slots < bins)
-        slots = slots.clamp(max=bins - 1)
-        raw_d = phi[..., 2 * bins - 1 :].gather(-1, slots) * inner
-        d = (raw_d / (raw_d.abs() * (1 / limit) + 1)).exp()
-        ctx.save_for_backward(phi, e, k_wh, slots, inner, raw_d, d)
+        # Slopes at the bin's two knots: knot j in 1..K-1 has raw slope raw_d[j - 1]; the
+        # boundary knots 0 and K have slope 1 (raw value 0).
+        knots = torch.cat([k - 1, k], dim=-1)
+        inner = (knots >= 0) & (knots < bins - 1)
+        knots = knots.clamp(0, bins - 2)
+        raw_k = raw_d.gather(-1, knots) * inner
+        d = (raw_k / (raw_k.abs() * (1 / limit) + 1)).exp()
+        ctx.save_for_backward(raw_wh, e, k_wh, knots, inner, raw_k, d)
         ctx.limit = limit
+        ctx.d_shape = raw_d.shape
         ctx.mark_non_differentiable(k)
         return e_k, c_k, totals, d, k
 
     @staticmethod
     def backward(ctx, g_e: Tensor, g_c: Tensor, g_t: Tensor, g_d: Tensor, _: Tensor):
-        phi, e, k_wh, slots, inner, raw_d, d = ctx.saved_tensors
+        raw_wh, e, k_wh, knots, inner, raw_k, d = ctx.saved_tensors
         limit = ctx.limit
-        bins = e.shape[-1]
-        grad = torch.zeros(*e.shape, dtype=e.dtype, device=e.device)
+        bins = e.shape[-1] // 2
         # d c_k / d e_j = [j <= k]: scatter at k, then a reversed cumulative sum.
-        grad.flatten(-2).scatter_(-1, k_wh, g_c)
-        grad = torch.matmul(grad, _triangular(bins, e, upper=False))
-        grad.flatten(-2).scatter_add_(-1, k_wh, g_e)
-        grad.add_(g_t[..., None]).mul_(e)
+        grad = torch.zeros_like(e).scatter_(-1, k_wh, g_c).unflatten(-1, (2, bins))
+        grad = grad.flip(-1).cumsum(-1).flip(-1).flatten(-2)
+        grad.scatter_add_(-1, k_wh, g_e)
+        grad.unflatten(-1, (2, bins)).add_(g_t[..., None])
         # d/du exp(u / (1 + a|u|)) = exp(...) / (1 + a|u|)^2.
-        raw = phi[..., : 2 * bins]
-        denom = raw.abs().mul_(2 / limit).add_(1).square_().unflatten(-1, (2, bins))
-        grad_phi = torch.zeros_like(phi)
-        grad_phi[..., : 2 * bins] = grad.div_(denom).flatten(-2)
-        denom_d = raw_d.abs() * (1 / limit) + 1
-        grad_phi[..., 2 * bins - 1 :].scatter_add_(-1, slots, g_d * d / (denom_d * denom_d) * inner)
-        return grad_phi, None, None, None
+        denom = raw_wh.abs().mul_(2 / limit).add_(1).square_()
+        grad_wh = grad.mul_(e).div_(denom)
+        denom_d = raw_k.abs() * (1 / limit) + 1
+        grad_d = torch.zeros(ctx.d_shape, dtype=d.dtype, device=d.device)
+        grad_d.scatter_add_(-1, knots, g_d * d / (denom_d * denom_d) * inner)
+        return grad_wh, grad_d, None, None, None
 
 
 def _spline_bins(
-    phi: Tensor, t: Tensor, row: int, slope: float
+    raw_wh: Tensor, raw_d: Tensor, t: Tensor, row: int, slope: float
 ) -> tuple[Tensor, ...]:
     """The bin of each normalized coordinate ``t`` and that bin's quantities.
 
-    ``phi``: raw parameters ``(..., 3K - 1)``; ``t``: ``(...)`` in ``[0, 1]``, an input
-    (``row = 0``, searched among the widths) or an output (``row = 1``, among the heights).
-    The widths and heights are the softmax of zuko's soft-bounded raw values; the softmax is
-    left unnormalized (``exp`` only: the soft bound keeps its arguments below
-    ``log(1/slope) / 2``, so no max needs subtracting) and only the gathered values are
-    divided by the totals. Returns ``t`` scaled by its row's total, the exp width and height
-    of the bin, their cumulative sums at its right edge, the slopes at its two knots, and the
-    two totals; all shaped like ``t``.
+    ``raw_wh``: raw widths and heights ``(..., 2K)``; ``raw_d``: raw inner-knot slopes
+    ``(..., K - 1)``; ``t``: ``(...)`` in ``[0, 1]``, an input (``row = 0``, searched among
+    the widths) or an output (``row = 1``, among the heights). The widths and heights are
+    the softmax of zuko's soft-bounded raw values; the softmax is left unnormalized (``exp``
+    only: the soft bound keeps its arguments below ``log(1/slope) / 2``, so no max needs
+    subtracting) and only the gathered values are divided by the totals. Returns ``t`` scaled
+    by its row's total, the exp width and height of the bin, their cumulative sums at its
+    right edge, the slopes at its two knots, and the two totals; all shaped like ``t``.
     """
-    bins = (phi.shape[-1] + 1) // 3
-    if phi.shape[-1] != 3 * bins - 1 or bins < 2:
+    bins = raw_wh.shape[-1] // 2
+    if raw_wh.shape[-1] != 2 * bins or raw_d.shape[-1] != bins - 1 or bins < 2:
         raise ValueError(
-            "spline parameters need 3 * bins - 1 entries (bins >= 2) in their last dimension; "
-            f"received shape {tuple(phi.shape)}"
+            f"spline parameters need 2K raw widths and heights and K - 1 raw slopes (K >= 2); "
+            f"received shapes {tuple(raw_wh.shape)} and {tuple(raw_d.shape)}"
         )
-    e_k, c_k, totals, d, _ = _SplineBins.apply(phi, t, row, -math.log(slope))
+    e_k, c_k, totals, d, _ = _SplineBins.apply(raw_wh, raw_d, t, row, -math.log(slope))
     e_w, e_h = e_k.unbind(-1)
     c_w, c_h = c_k.unbind(-1)
     t_w, t_h = totals.unbind(-1)
     d0, d1 = d.unbind(-1)
     scaled = t * (t_h if row else t_w)
     return scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h
+
+
+def _split(phi: Tensor) -> tuple[Tensor, Tensor]:
+    """zuko's per-element layout ``(..., 3K - 1)`` to ``(raw_wh, raw_d)``."""
+    bins = (phi.shape[-1] + 1) // 3
+    if phi.shape[-1] != 3 * bins - 1 or bins < 2:
+        raise ValueError(
+            "spline parameters need 3 * bins - 1 entries (bins >= 2) in their last dimension; "
+            f"received shape {tuple(phi.shape)}"
+        )
+    return phi[..., : 2 * bins].contiguous(), phi[..., 2 * bins :]
 
 
 def _log_slope(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,7 +151,9 @@ def _log_slope(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, T
     return denom, torch.log(s * s * numer / (denom * denom))
 
 
-def rq_spline(x: Tensor, phi: Tensor, bound: float = 5.0, slope: float = 1e-3) -> tuple[Tensor, Tensor]:
+def rq_spline(
+    x: Tensor, phi: Tensor | tuple[Tensor, Tensor], bound: float = 5.0, slope: float = 1e-3
+) -> tuple[Tensor, Tensor]:
     """Monotonic rational-quadratic spline ``y = f(x)`` and ``log f'(x)``, element by element.
 
     Equal to ``zuko.transforms.MonotonicRQSTransform(widths, heights, derivatives, bound,
@@ -154,7 +161,9 @@ def rq_spline(x: Tensor, phi: Tensor, bound: float = 5.0, slope: float = 1e-3) -
 
     Args:
         x: Inputs ``(...)``.
-        phi: Raw parameters ``(..., 3K - 1)`` (``K`` widths, ``K`` heights, ``K - 1`` slopes).
+        phi: Raw parameters ``(..., 3K - 1)`` (``K`` widths, ``K`` heights, ``K - 1`` slopes),
+            or the pair ``(raw_wh (..., 2K), raw_d (..., K - 1))``, faster when ``raw_wh`` is
+            contiguous.
         bound: The spline acts on ``[-bound, bound]`` and is the identity outside.
         slope: Minimal slope of the spline.
 
@@ -169,7 +178,8 @@ def rq_spline(x: Tensor, phi: Tensor, bound: float = 5.0, slope: float = 1e-3) -
     inside = x.abs() < bound
     # Clamped so that the branch torch.where discards stays finite (its gradient is 0 * value).
     u = (x * (0.5 / bound) + 0.5).clamp(0.0, 1.0)
-    scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h = _spline_bins(phi, u, 0, slope)
+    raw_wh, raw_d = phi if isinstance(phi, tuple) else _split(phi)
+    scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h = _spline_bins(raw_wh, raw_d, u, 0, slope)
     xi = ((scaled - c_w) / e_w + 1).clamp(0.0, 1.0)
     s = e_h * t_w / (e_w * t_h)
     denom, log_slope = _log_slope(xi, s, d0, d1)
@@ -179,7 +189,7 @@ def rq_spline(x: Tensor, phi: Tensor, bound: float = 5.0, slope: float = 1e-3) -
 
 
 def rq_spline_inverse(
-    y: Tensor, phi: Tensor, bound: float = 5.0, slope: float = 1e-3
+    y: Tensor, phi: Tensor | tuple[Tensor, Tensor], bound: float = 5.0, slope: float = 1e-3
 ) -> tuple[Tensor, Tensor]:
     """Inverse of :func:`rq_spline`, ``x = f^{-1}(y)``, and ``log |d f^{-1}/dy| = -log f'(x)``.
 
@@ -203,7 +213,8 @@ def rq_spline_inverse(
     """
     inside = y.abs() < bound
     v = (y * (0.5 / bound) + 0.5).clamp(0.0, 1.0)
-    scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h = _spline_bins(phi, v, 1, slope)
+    raw_wh, raw_d = phi if isinstance(phi, tuple) else _split(phi)
+    scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h = _spline_bins(raw_wh, raw_d, v, 1, slope)
     s = e_h * t_w / (e_w * t_h)
     # Position in the bin as a fraction of its height, in [0, 1].
     eta = ((scaled - c_h) / e_h + 1).clamp(0.0, 1.0)
@@ -218,6 +229,20 @@ def rq_spline_inverse(
     return x, torch.where(inside, -log_slope, 0.0)
 
 
+def zuko_layout(features: int, bins: int) -> Tensor:
+    """Permutation ``p`` of a conditioner's outputs such that ``phi[..., p]`` is in zuko's
+    layout (for each of ``features`` transformed features: ``K`` widths, ``K`` heights,
+    ``K - 1`` slopes) when ``phi`` is in ours (all widths and heights, then all slopes).
+
+    Example:
+        >>> zuko_layout(2, 2).tolist()
+        [0, 1, 2, 3, 8, 4, 5, 6, 7, 9]
+    """
+    wh = torch.arange(features * 2 * bins).reshape(features, 2 * bins)
+    d = features * 2 * bins + torch.arange(features * (bins - 1)).reshape(features, bins - 1)
+    return torch.cat([wh, d], dim=-1).reshape(-1)
+
+
 class SplineCoupling(Transform):
     """Coupling transform ``y_a = x_a``, ``y_b = f(x_b | x_a)`` with a rational-quadratic ``f``.
 
@@ -225,7 +250,10 @@ class SplineCoupling(Transform):
     one-pass ``call_and_ladj``, which zuko's ``rsample_and_log_prob`` uses.
 
     Args:
-        meta: Maps ``x_a`` ``(..., D_a)`` to raw parameters ``(..., D_b * (3K - 1))``.
+        meta: Maps ``x_a`` ``(..., D_a)`` to raw parameters ``(..., D_b * (3K - 1))``: first
+            the ``2K`` raw widths and heights of each transformed feature, then the ``K - 1``
+            raw slopes of each (so that the widths and heights of all features are one
+            contiguous block; :func:`zuko_layout` gives the permutation to zuko's layout).
         mask: Boolean ``(D,)``; ``True`` marks the constant part ``x_a`` (zuko's convention).
         bins: Number of bins ``K``.
         bound: Spline domain bound ``B``.
@@ -250,6 +278,12 @@ class SplineCoupling(Transform):
         self.idx_b = (~mask).nonzero().squeeze(-1)
         self.order = torch.argsort(torch.cat([self.idx_a, self.idx_b]))
         self.bins, self.bound, self.slope = bins, bound, slope
+        # Alternating masks of an even D (the default layout): strided views and a stack
+        # instead of index copies to split and merge.
+        n = len(mask)
+        self.parity = None
+        if n % 2 == 0 and n > 1 and bool((mask[1:] != mask[:-1]).all()):
+            self.parity = 0 if bool(mask[0]) else 1  # 0: x_a holds the even coordinates
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bins={self.bins}, bound={self.bound})"
@@ -258,8 +292,11 @@ class SplineCoupling(Transform):
     def inv(self) -> Transform:
         return _InverseSplineCoupling(self)
 
-    def _params(self, x_a: Tensor) -> Tensor:
-        return self.meta(x_a).unflatten(-1, (len(self.idx_b), 3 * self.bins - 1))
+    def _params(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
+        n_b, bins = len(self.idx_b), self.bins
+        phi = self.meta(x_a)
+        return (phi[..., : 2 * bins * n_b].unflatten(-1, (n_b, 2 * bins)),
+                phi[..., 2 * bins * n_b :].unflatten(-1, (n_b, bins - 1)))
 
     def _apply(self, x: Tensor, spline: Callable) -> tuple[Tensor, Tensor]:
         if x.shape[-1] != len(self.order):
@@ -267,9 +304,16 @@ class SplineCoupling(Transform):
                 f"expected points with {len(self.order)} coordinates in the last dimension; "
                 f"received shape {tuple(x.shape)}"
             )
-        x_a = x[..., self.idx_a]
-        y_b, ladj = spline(x[..., self.idx_b], self._params(x_a), self.bound, self.slope)
-        y = torch.cat([x_a, y_b], dim=-1)[..., self.order]
+        if self.parity is None:
+            x_a, x_b = x[..., self.idx_a], x[..., self.idx_b]
+        else:
+            x_a, x_b = x[..., self.parity :: 2], x[..., 1 - self.parity :: 2]
+        y_b, ladj = spline(x_b, self._params(x_a), self.bound, self.slope)
+        if self.parity is None:
+            y = torch.cat([x_a, y_b], dim=-1)[..., self.order]
+        else:
+            pair = (x_a, y_b) if self.parity == 0 else (y_b, x_a)
+            y = torch.stack(pair, dim=-1).flatten(-2)
         return y, ladj.sum(-1)
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
