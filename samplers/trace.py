@@ -77,11 +77,13 @@ def _regular_file(path: Path, what: str) -> os.stat_result:
     return st
 
 
-def _read_arrays(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def _read_arrays(path: Path, max_bytes: int | None = None,
+                 follow: bool = False) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` archive, each ``.npy`` header checked before its data is read:
-    no objects, a size that matches the member and fits ``max_bytes`` in all (decompressed)."""
+    no objects, a size that matches the member and fits ``max_bytes`` in all (decompressed).
+    ``follow``: a symbolic link is read (a file the user named), else refused (a run's chunk)."""
     limit = read_limit() if max_bytes is None else max_bytes
-    st = _regular_file(path, "trace file")
+    st = _regular_file(path.resolve() if follow else path, "trace file")
     with open(path, "rb") as fh:
         magic = fh.read(6)
     if magic.startswith(b"\x93NUMPY"):
@@ -206,7 +208,7 @@ class Trace:
         path = Path(path)
         if path.is_dir():
             return open_trace(path, max_bytes).load()
-        return _read_npz(path, max_bytes)[0]
+        return _read_npz(path, max_bytes, follow=True)[0]
 
     def to_arviz(self, var_name: str = "x"):
         """An ArviZ `InferenceData` (arviz < 1) or `DataTree` (arviz >= 1) with the draws in
@@ -222,10 +224,11 @@ class Trace:
                 f" kernel={self.kernel!r}, stats={sorted(self.stats)})")
 
 
-def _read_npz(path: Path, max_bytes: int | None = None) -> tuple[Trace, int | None]:
+def _read_npz(path: Path, max_bytes: int | None = None,
+              follow: bool = False) -> tuple[Trace, int | None]:
     """A trace file and, for a chunk of a streamed run, the index of its first draw."""
     try:
-        data = _read_arrays(path, max_bytes)
+        data = _read_arrays(path, max_bytes, follow)
         if "format" not in data or data["format"].shape != () or str(data["format"]) != _FORMAT:
             raise ValueError("not a flowmc-ebm trace (no or unknown 'format' entry)")
         stats = {k.split("/", 1)[1]: torch.from_numpy(data[k])

@@ -309,6 +309,12 @@ def test_a_hostile_streamed_directory_is_one_line_naming_the_file(tmp_path, good
     assert expect in message, message
 
 
+def test_a_trace_file_the_user_names_through_a_link_reads(tmp_path):
+    (tmp_path / "t.npz").write_bytes(npz_bytes(good_arrays()))
+    (tmp_path / "latest.npz").symlink_to(tmp_path / "t.npz")
+    assert samplers.Trace.load(tmp_path / "latest.npz").samples.shape == (2, 3, 2)
+
+
 def test_the_undamaged_copy_reads(tmp_path, good_run):
     d = tmp_path / "run"
     shutil.copytree(good_run, d, symlinks=True)
