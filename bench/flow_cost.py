@@ -143,6 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
+    report = {
+        "settings": {"transforms": 4, "hidden": [64, 64], "dtype": "float32",
+                     "threads": args.threads, "device": args.device, "rounds": args.rounds,
+                     "budget_s": args.budget},
+        "versions": {"torch": torch.__version__, "zuko": zuko.__version__,
+                     "python": platform.python_version(), "machine": platform.machine()},
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
     for dim in args.dims:
         for n in args.points:
             case = bench_case(dim, n, args.rounds, tuple(args.flows), args.device, args.budget)
@@ -154,16 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
             for name, ratios in case["ratio_to_realnvp"].items():
                 print(f"    {name}/realnvp: " + "  ".join(f"{c} {v:.2f}x" for c, v in ratios.items()),
                       flush=True)
-    report = {
-        "settings": {"transforms": 4, "hidden": [64, 64], "dtype": "float32",
-                     "threads": args.threads, "device": args.device, "rounds": args.rounds,
-                     "budget_s": args.budget},
-        "versions": {"torch": torch.__version__, "zuko": zuko.__version__,
-                     "python": platform.python_version(), "machine": platform.machine()},
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
+            # Written after every case, so that a run cut short keeps what it measured.
+            (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -133,3 +133,17 @@ def test_ebflow_step_benchmark_times_every_objective_on_the_given_device():
     ml = result["seconds_per_step"]["ml"]
     for objective, ratio in result["speedup_over_ml"].items():
         assert math.isclose(ratio, ml / result["seconds_per_step"][objective])
+
+
+def test_flow_cost_benchmark_times_every_flow_and_call_with_ratios_from_one_run():
+    from bench import flow_cost
+
+    case = flow_cost.bench_case(4, 16, rounds=1, flows=flow_cost.FLOWS)
+    assert case["rounds"] == 1
+    for name in flow_cost.FLOWS:
+        assert set(case["seconds"][name]) == set(flow_cost.CALLS)
+        assert all(t > 0 for t in case["seconds"][name].values())
+    assert set(case["ratio_to_realnvp"]) == {"zuko_nsf", "spline"}
+    for name, ratios in case["ratio_to_realnvp"].items():
+        for call, ratio in ratios.items():
+            assert math.isclose(ratio, case["seconds"][name][call] / case["seconds"]["realnvp"][call])
