@@ -177,3 +177,18 @@ def test_a_nan_rhat_and_a_constant_indicator_read_as_what_they_are():
     hop = mode_hopping(draws_in([0, 0, 2, 2]), CENTERS, warn=False)
     assert hop.max_rhat > 1e6  # the number is ArviZ's ...
     assert "e+" not in hop.table() and "constant within chains" in hop.table()  # ... not shown
+
+
+def test_report_shows_parallel_tempering_figures_when_the_trace_has_them(tmp_path):
+    import types
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4, 200, 2))
+    stats = {"swap_accept": np.full((4, 200), 0.6), "round_trips": np.tile(np.arange(200.0) / 50, (4, 1))}
+    r = report(types.SimpleNamespace(samples=x, stats=stats, thin=1), out=tmp_path)
+    assert r.metrics["pt_swap_accept"] == pytest.approx(0.6)
+    assert r.metrics["pt_round_trips_per_1000_steps"] == pytest.approx(1000 * 199 / 50 / 200)
+    assert "tempering" in r.figures
+    stats["round_trips"] = np.zeros((4, 200))
+    assert any("round trip" in w for w in report(types.SimpleNamespace(samples=x, stats=stats)).warnings)
+    assert "tempering" not in report(x, out=tmp_path / "plain").figures

@@ -54,6 +54,7 @@ class Report:
     comparison: ModeWeightComparison | None = None
     true_weights: np.ndarray | None = None
     suspects: SuspectChains | None = None
+    tempering: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     figures: dict[str, Path] = field(default_factory=dict)
@@ -174,6 +175,7 @@ def report(
     if not summary.converged_defined and (~np.isnan(summary.rhat)).any():
         worst = float(np.nanmax(summary.rhat))
         result.warnings.append(f"Coordinate R-hat up to {worst:.3f}: the chains have not mixed.")
+    _tempering(result, getattr(trace, "stats", None) or {}, x.shape[1] * (getattr(trace, "thin", 1) or 1))
     x64 = x.to(torch.float64).numpy()
     result.suspects = suspect_chains(x64, getattr(trace, "stats", None), rhat=summary.rhat, seed=seed)
     result.warnings.extend(result.suspects.messages())
@@ -287,6 +289,42 @@ def _mode_diagnostics(
         )
 
 
+def _tempering(result: Report, stats: dict[str, Any], steps: int) -> None:
+    """Parallel tempering figures, when the trace has them (stats "swap_accept", "round_trips")."""
+    if "round_trips" not in stats or "swap_accept" not in stats:
+        return
+    trips = np.asarray(torch.as_tensor(stats["round_trips"]).detach().cpu().double())
+    swap = np.asarray(torch.as_tensor(stats["swap_accept"]).detach().cpu().double())
+    per_chain = trips.reshape(trips.shape[0], -1)[:, -1]
+    result.metrics["pt_round_trips_per_1000_steps"] = float(1000 * per_chain.mean() / max(steps, 1))
+    result.metrics["pt_swap_accept"] = float(np.nanmean(swap))
+    result.tempering = {"round_trips": per_chain, "swap_accept": swap}
+    if per_chain.max() == 0:
+        result.warnings.append(
+            "Parallel tempering: no chain's ladder made a single round trip (reference -> target "
+            "-> reference): the replicas do not carry states across the ladder."
+        )
+
+
+def _plot_tempering(tempering: dict[str, np.ndarray]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    swap = tempering["swap_accept"]
+    flat = swap.reshape(swap.shape[0], swap.shape[1], -1)
+    left.plot(np.nanmean(flat, axis=(0, 2)), lw=0.8)
+    left.set(
+        xlabel="draw",
+        ylabel="swap acceptance (mean over chains)",
+        ylim=(0, 1),
+        title="Parallel tempering: swaps",
+    )
+    right.bar(np.arange(len(tempering["round_trips"])), tempering["round_trips"])
+    right.set(xlabel="chain", ylabel="round trips", title="Round trips per chain's ladder")
+    return fig
+
+
 def _centers(assign: Any) -> np.ndarray | None:
     """Mode centers when `assign` holds them (an array of centers, `FittedModes`), else None."""
     if hasattr(assign, "centers_"):
@@ -327,6 +365,8 @@ def _write_figures(
         figs["mode_weights"] = plots.plot_mode_weights(estimates, result.true_weights)
     if result.suspects is not None and np.isfinite(result.suspects.rstar):
         figs["suspect_chains"] = plot_suspects(result.suspects)
+    if result.tempering is not None:
+        figs["tempering"] = _plot_tempering(result.tempering)
     paths = {}
     for name, fig in figs.items():
         paths[name] = out / f"{name}.png"
