@@ -17,6 +17,7 @@ taken from the medians of the same run. Writes ``flow_cost.json`` (or ``--name``
 
 Example:
     .venv/bin/python bench/flow_cost.py --dims 32 --points 1024 --rounds 7
+    PYTHONPATH=. .venv/bin/python bench/flow_cost.py --flowmc --warmup 300 --cycles 600
 """
 
 from __future__ import annotations
@@ -128,6 +129,42 @@ def bench_case(dim: int, n: int, rounds: int, flows: tuple[str, ...] = FLOWS,
     return {"dim": dim, "points": n, "rounds": done, "seconds": median, "ratio_to_realnvp": ratio}
 
 
+def flowmc_comparison(kind: str, dim: int = 32, chains: int = 64, warmup: int = 500,
+                      cycles: int = 1000, seed: int = 0) -> dict:
+    """FlowMC (2 MALA steps + one i-SIR move with 16 proposals per cycle, the flow trained on
+    the chains during ``warmup`` cycles, frozen after) on the 32-D four-mode mixture with a
+    ``make_flow(dim, kind)`` flow; scored as ``bench/sampling_peers.py`` scores its runs."""
+    import samplers
+    from bench.peers.base import Run
+    from bench.peers.ours import FlowMCConfig
+    from bench.sampling_peers import score
+    from flowmc_ebm.targets import HighDimMixture
+
+    config = FlowMCConfig()
+    target = HighDimMixture(dim)
+    generator = torch.Generator().manual_seed(seed)
+    x0 = 2 * torch.randn(chains, dim, generator=generator)
+    torch.manual_seed(seed)
+    flow = make_flow(dim, kind, transforms=config.transforms, hidden=config.hidden)
+    kernel = samplers.FlowMC(target.log_prob, flow, n_local=config.n_local,
+                             global_move=config.global_move, n_particles=config.n_particles,
+                             flow_lr=config.flow_lr, batch_size=config.batch_size,
+                             local_step_size=config.local_step_size)
+    start = time.perf_counter()
+    trace = samplers.sample(kernel, x0, cycles, warmup=warmup, progress=False,
+                            generator=generator)
+    wall = time.perf_counter() - start
+    stats = {k: float(v.float().nanmean()) for k, v in trace.stats.items()
+             if k in ("local_accept_prob", "global_accept_prob", "isir_ess")}
+    run = Run(f"FlowMC ({kind})", trace.samples.numpy(), 1 + (warmup + cycles) * 3,
+              (warmup + cycles) * config.n_particles, wall, trace.wall_time,
+              {"flow": kind, "warmup_cycles": warmup, "cycles": cycles, "chains": chains,
+               **stats})
+    result = score(run, target)
+    result["ess_mode_per_cycle"] = result["ess_mode"] / cycles
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 8, 32, 64, 784])
@@ -140,8 +177,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--name", default="flow_cost")
+    parser.add_argument("--flowmc", action="store_true",
+                        help="instead: FlowMC with realnvp and nsf flows on the 32-D mixture")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--cycles", type=int, default=1000)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.flowmc:
+        runs = []
+        for kind in ("realnvp", "nsf"):
+            runs.append(flowmc_comparison(kind, warmup=args.warmup, cycles=args.cycles))
+            r = runs[-1]
+            print(f"{kind}: wall {r['wall_s']:.1f}s, max weight error {r['mode_weight_error']:.3f}"
+                  f" (se {r['mode_weight_se']:.3f}), mode ESS {r['ess_mode']:.0f} "
+                  f"({r['ess_mode_per_s']:.2f}/s), coordinate ESS/s {r['ess_coord_per_s']:.2f}, "
+                  f"max R-hat {r['max_rhat']:.3f}", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = {"threads": args.threads, "runs": runs,
+                  "wall_ratio_nsf_to_realnvp": runs[1]["wall_s"] / runs[0]["wall_s"]}
+        (args.out / f"{args.name}_flowmc.json").write_text(json.dumps(report, indent=2))
+        return report
     results = []
     report = {
         "settings": {"transforms": 4, "hidden": [64, 64], "dtype": "float32",
