@@ -89,9 +89,9 @@ class _SplineBins(torch.autograd.Function):
         raw_wh, e, k_wh, knots, inner, raw_k, d = ctx.saved_tensors
         limit = ctx.limit
         bins = e.shape[-1] // 2
-        # d c_k / d e_j = [j <= k]: scatter at k, then a reversed cumulative sum.
-        grad = torch.zeros_like(e).scatter_(-1, k_wh, g_c).unflatten(-1, (2, bins))
-        grad = grad.flip(-1).cumsum(-1).flip(-1).flatten(-2)
+        # d c_k / d e_j = [j <= k], the same k for the widths' and the heights' row.
+        below = torch.arange(bins, device=e.device) <= k_wh[..., :1]
+        grad = (below[..., None, :] * g_c[..., None]).flatten(-2)
         grad.scatter_add_(-1, k_wh, g_e)
         grad.unflatten(-1, (2, bins)).add_(g_t[..., None])
         # d/du exp(u / (1 + a|u|)) = exp(...) / (1 + a|u|)^2.
