@@ -1,0 +1,631 @@
+"""`JointTrainer`: an EBM trained by contrastive maximum likelihood on persistent chains, and the
+flow that helps those chains mix trained beside it (Grenioux, Moulines & Gabrié 2023).
+
+This file is the loop; what varies between methods is a record of `flowmc_ebm.training.methods`,
+the divergence guard is `flowmc_ebm.training.guard`, the learning-rate decay
+`flowmc_ebm.training.schedule`.
+
+One iteration:
+
+1. take ``n_negatives`` chains from the persistent pool and advance them ``mcmc_steps`` steps on
+   the current model (``"flowmc"``: MALA steps and i-SIR/IMH moves proposed by the flow);
+2. write them back to the pool;
+3. one Adam step of the energy on ``mean E(x⁺) − mean E(x⁻) [+ α (mean E⁺² + mean E⁻²)]``;
+4. one Adam step of the flow on its negative log-likelihood of the negatives (of the data for
+   NT-EBM).
+
+The negatives are detached: no gradient of the flow or of the sampler reaches the energy.
+
+The model is ``log p̃(x) = −E(x) + log λ(x)`` with ``λ`` the flow's Gaussian base. ``E ≡ 0`` and an
+identity flow at the start make model, flow and ``λ`` agree, so the pool starts as exact draws from
+the model. The baselines run in the same loop with the same model and budget: ``"ula"`` (ULA-PCD,
+the paper's ULA-EBM), ``"mala"`` (MALA-PCD) and ``"nt"`` (NT-EBM: MALA on the flow's latent space,
+the energy tilting the full flow density, the flow fitted to the data).
+
+Example:
+    >>> from flowmc_ebm.targets import TwoModes
+    >>> target = TwoModes()
+    >>> data = target.sample(512, generator=torch.Generator().manual_seed(0))
+    >>> trainer = JointTrainer.from_config(2, "flowmc", trainer=TrainerConfig(pool_size=128))
+    >>> history = trainer.fit(data, n_iterations=20, target=target, progress=False)
+    >>> len(history["loss_energy"]), trainer.sample(8, n_steps=2).shape
+    (20, torch.Size([8, 2]))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import zuko
+from torch import Tensor, nn
+
+import samplers
+from flowmc_ebm.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_numbered_checkpoint,
+)
+from flowmc_ebm.config import ModelConfig, TrainerConfig
+from flowmc_ebm.energies import MLPEnergy
+from flowmc_ebm.evaluation import quadrature_mode_weights
+from flowmc_ebm.flows import base_distribution, make_flow
+from flowmc_ebm.objectives.contrastive import contrastive_loss
+from flowmc_ebm.training import guard
+from flowmc_ebm.training.guard import TrainingDivergedError, grad_norm
+from flowmc_ebm.training.methods import Method, get_method
+from flowmc_ebm.training.schedule import scheduled_rates, set_rate
+from samplers.independent import draw
+
+__all__ = ["Callback", "JointTrainer", "TrainingDivergedError", "latest_checkpoint"]
+
+KernelFactory = Callable[[Callable[[Tensor], Tensor]], samplers.Kernel]
+#: Called every ``log_every`` iterations, after the history is brought up to date; returning
+#: True stops training there.
+Callback = Callable[["JointTrainer"], Any]
+
+_CHECKPOINT_KIND = "joint-trainer"
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled or bool(os.environ.get("CI")),
+                mininterval=0.5, leave=False)
+
+
+class JointTrainer:
+    """Joint training of an energy-based model and the normalizing flow that samples it.
+
+    Args:
+        energy: the energy network ``E: (n, dim) -> (n,)`` (an ``nn.Module``; `MLPEnergy` starts
+            at ``E ≡ 0``).
+        flow: a zuko flow on ``R^dim`` (see `flowmc_ebm.flows.make_flow`); its base ``λ`` is the
+            tilt, and it proposes flowMC's global moves.
+        sampler: ``"flowmc"`` (flowMC-EBM), ``"ula"`` (ULA-PCD), ``"mala"`` (MALA-PCD), ``"nt"``
+            (NT-EBM), or a kernel factory ``log_prob -> samplers.Kernel`` run ``mcmc_steps`` times
+            per iteration on the tilted model.
+        config: the knobs (pool, batch, negatives, MCMC schedule, learning rates, ``α``, seed);
+            defaults are the paper's two-mode settings.
+        model_config: how ``energy`` and ``flow`` were built, when by `from_config`; a checkpoint
+            keeps it so `load` can rebuild them.
+        **knobs: `TrainerConfig` fields overriding ``config``, e.g. ``energy_l2=0.1``.
+
+    Attributes:
+        model: the tilted model whose ``log_prob`` the chains sample.
+        kernel: the `samplers.Kernel` advancing the chains.
+        pool_: the persistent chains ``(pool_size, dim)`` (None before the first `fit`).
+        iteration_: iterations done so far.
+        history_: per-iteration records (see `fit`).
+    """
+
+    def __init__(self, energy: nn.Module, flow: zuko.lazy.Flow,
+                 sampler: str | KernelFactory = "flowmc", config: TrainerConfig | None = None,
+                 *, model_config: ModelConfig | None = None, **knobs: Any) -> None:
+        if not isinstance(energy, nn.Module) or not any(True for _ in energy.parameters()):
+            raise TypeError("energy must be an nn.Module with parameters mapping (n, dim) to (n,); "
+                            f"received {type(energy).__name__}")
+        if not isinstance(flow, zuko.lazy.Flow):
+            raise TypeError(f"flow must be a zuko Flow (e.g. from flowmc_ebm.flows.make_flow); "
+                            f"received {type(flow).__name__}")
+        config = config if config is not None else TrainerConfig()
+        if not isinstance(config, TrainerConfig):
+            raise TypeError(f"config must be a TrainerConfig; received {type(config).__name__}")
+        known = {f.name for f in fields(TrainerConfig)}
+        unknown = sorted(set(knobs) - known)
+        if unknown:
+            raise TypeError(f"unknown trainer option(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(known))}")
+        self.config = TrainerConfig(**{**asdict(config), **knobs})
+        event = base_distribution(flow).event_shape
+        if len(event) != 1:
+            raise ValueError(f"the flow's base must have a 1-D event shape (dim,); received "
+                             f"{tuple(event)}")
+        self.dim = int(event[0])
+        energy_dim = getattr(energy, "dim", self.dim)
+        if energy_dim != self.dim:
+            raise ValueError(f"the energy expects dim {energy_dim} but the flow is on dim "
+                             f"{self.dim}")
+        self.energy, self.flow = energy, flow
+        self.model_config = model_config
+        self.device = next(energy.parameters()).device
+        self.sampler = sampler
+        self.method: Method = get_method(sampler)
+        self.model = self.method.tilt(energy, flow)
+        self.kernel = self.method.kernel(self.model.log_prob, flow, self.config)
+        self._steps = self.method.steps(self.config)
+        self.config.lr_factor(0)  # a decay without a length is refused here, not mid-run
+        self.opt_energy = torch.optim.Adam(energy.parameters(), lr=self.config.lr_energy)
+        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=self.config.lr_flow)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.pool_: Tensor | None = None
+        self.iteration_ = 0
+        self.history_: dict[str, list] = {}
+        self._order: Tensor | None = None  # this epoch's permutation of the data
+        self._cursor = 0  # next position in it
+        self._n_data: int | None = None
+        self._elapsed = 0.0  # seconds of fit() before this process, for resumed runs
+        self._pending: list[dict[str, Any]] = []
+        self._good: dict[str, Any] | None = None  # last state that passed the divergence guard
+        self._resumed_at: int | None = None
+
+    # ----------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(cls, dim: int, sampler: str | KernelFactory = "flowmc",
+                    model: ModelConfig | None = None, trainer: TrainerConfig | None = None,
+                    device: torch.device | str | None = None) -> JointTrainer:
+        """Build an `MLPEnergy` and a flow from ``model`` and a trainer around them.
+
+        The networks are initialized from ``trainer.seed`` without touching the global RNG, so a
+        run is reproducible from its configs alone.
+
+        Args:
+            dim: the data dimension.
+            sampler: as in `JointTrainer`.
+            model: the networks (default `ModelConfig()`).
+            trainer: the knobs (default `TrainerConfig()`).
+            device: where the networks live (default CPU).
+        """
+        model = model if model is not None else ModelConfig()
+        trainer = trainer if trainer is not None else TrainerConfig()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int; received {dim!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer.seed)
+            energy = MLPEnergy(dim, model.energy_hidden)
+            flow = make_flow(dim, kind=model.flow_kind, transforms=model.flow_transforms,
+                             hidden=model.flow_hidden, base_scale=model.base_scale)
+        return cls(energy.to(device), flow.to(device), sampler, trainer, model_config=model)
+
+    # ---------------------------------------------------------------------------------- model
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Unnormalized log-density of the model, ``−E(x) + log λ(x)`` (NT-EBM: ``+ log q(x)``).
+
+        Args:
+            x: points ``(n, dim)``.
+
+        Returns:
+            ``(n,)``, differentiable in ``x`` and in the parameters.
+        """
+        return self.model.log_prob(x)
+
+    def sample(self, n: int, n_steps: int = 100, generator: torch.Generator | None = None,
+               return_trace: bool = False) -> Tensor | samplers.Trace:
+        """Draw from the model by running the trainer's kernel from the persistent chains.
+
+        Chains start from the pool (or from ``λ`` before training). The training generator is left
+        alone, so sampling between two `fit` calls does not change the run.
+
+        Args:
+            n: chains.
+            n_steps: kernel steps (for ``"flowmc"`` a step is a whole cycle of local and global
+                moves).
+            generator: randomness; default a generator seeded with ``config.seed + 1``.
+            return_trace: return the whole `samplers.Trace` instead of the final positions.
+
+        Returns:
+            Final positions ``(n, dim)``, or the trace ``(n, n_steps, dim)``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int; received {n!r}")
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
+        if self.pool_ is None:
+            x0 = self._draw_base(n, generator)
+        else:
+            idx = torch.randint(0, self.pool_.shape[0], (n,), generator=generator,
+                                device=self.device)
+            x0 = self.pool_[idx]
+        trace = samplers.sample(self.kernel, x0, n_steps, progress=False, generator=generator)
+        return trace if return_trace else trace.samples[:, -1].to(self.device)
+
+    def _draw_base(self, n: int, generator: torch.Generator) -> Tensor:
+        x, _ = draw(base_distribution(self.flow), (n,), generator)
+        return x
+
+    def _draw_flow(self, n: int) -> Tensor:
+        x, _ = draw(self.flow, (n,), self.generator)
+        return x
+
+    # ---------------------------------------------------------------------------------- fit
+
+    def _check_data(self, data: Any, name: str = "data") -> Tensor:
+        if not isinstance(data, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (n, {self.dim}); received "
+                            f"{type(data).__name__}")
+        if data.ndim != 2 or data.shape[1] != self.dim:
+            raise ValueError(f"{name} must have shape (n, {self.dim}) for this {self.dim}-D "
+                             f"energy; received shape {tuple(data.shape)}")
+        if not data.is_floating_point():
+            raise TypeError(f"{name} must be floating point; received dtype {data.dtype}")
+        bad = ~torch.isfinite(data).all(1)
+        if bool(bad.any()):
+            raise ValueError(f"{name} contains NaN or infinite values in {int(bad.sum())} of "
+                             f"{data.shape[0]} rows (first at row {int(bad.nonzero()[0, 0])})")
+        if data.shape[0] < self.config.batch_size:
+            raise ValueError(f"{name} has {data.shape[0]} points, fewer than batch_size "
+                             f"{self.config.batch_size}")
+        if self._n_data is not None and data.shape[0] != self._n_data:
+            raise ValueError(f"this trainer was fitted on {self._n_data} points and resumes "
+                             f"through their order; received {data.shape[0]} points")
+        return data.detach().to(device=self.device, dtype=next(self.energy.parameters()).dtype)
+
+    def fit(self, data: Tensor, n_iterations: int | None = None, *, epochs: int | None = None,
+            target: Any = None, callbacks: Sequence[Callback] = (),
+            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500,
+            progress: bool = True) -> dict[str, list]:
+        """Train for ``n_iterations`` more iterations (or ``epochs`` passes over ``data``).
+
+        Calling `fit` again, or on a trainer from `load`, with the same data continues exactly
+        where it stopped.
+
+        Args:
+            data: training points ``(n, dim)``, finite.
+            n_iterations: iterations to run; or
+            epochs: passes over the data, ``n // batch_size`` iterations each.
+            target: optional known target (``assign``, ``n_modes``, ``dim``): the history then
+                has the negatives' mode weights each iteration and, in 2-D, the EBM's own mode
+                weights by quadrature every ``eval_every`` iterations.
+            callbacks: called as ``callback(trainer)`` every ``log_every`` iterations; one
+                returning True stops training.
+            checkpoint_dir: if given, a numbered checkpoint ``iter-NNNNNN.pt`` is written
+                there (atomically) every ``checkpoint_every`` iterations and at the end, and
+                ``last.pt`` made the newest; only the ``config.keep_checkpoints`` newest numbered
+                files are kept. Only states that passed the divergence guard are written.
+            checkpoint_every: iterations between checkpoints.
+            progress: show a progress bar (never when the ``CI`` variable is set).
+
+        Returns:
+            `history_`: lists with one entry per iteration under ``iteration``,
+            ``loss_energy``, ``energy_gap`` (mean E⁺ − mean E⁻), ``energy_pos``, ``energy_neg``,
+            ``flow_nll_neg``, ``flow_nll_data``, ``local_accept``, ``global_accept`` (NaN for
+            kernels without global moves), ``elapsed`` (seconds), and with a target
+            ``neg_mode_weights`` (one list of weights per iteration); in 2-D with a target, one
+            entry per evaluation under ``eval_iteration`` and ``ebm_mode_weights``; after a
+            divergence, one entry per restart under ``restarts`` (a dict: ``iteration`` where
+            it was detected, ``restored_to``, ``reason``, the new ``lr_energy`` and ``lr_flow``).
+
+        Divergence guard: every iteration records, on the device, the EBM's ``|mean E|``, the
+        gradient norms and whether energies, losses and chains are finite. At each history
+        flush (every ``log_every`` iterations), before each checkpoint and at the end, these are
+        checked in one transfer (no host sync per iteration). If a record is out of range
+        (``config.max_abs_energy``, ``config.max_grad_norm``, NaN or inf anywhere), the trainer
+        goes back to the last state that passed the check (networks, optimizers, chains,
+        generator, data order, history), multiplies both learning rates by
+        ``config.restart_lr_factor`` and goes on. Callbacks only ever see checked states, though
+        after a restart they see the restored iterations again.
+
+        Raises:
+            ValueError, TypeError: bad data (NaN/inf, wrong dimension, too few points), a target
+                of another dimension, bad iteration counts; nothing is trained or written then.
+            TrainingDivergedError: it diverged again after ``config.max_restarts`` restarts; the
+                trainer is left at its last good state, and checkpoints on disk are all good.
+        """
+        data = self._check_data(data)
+        if (n_iterations is None) == (epochs is None):
+            raise ValueError("pass exactly one of n_iterations and epochs; received "
+                             f"n_iterations={n_iterations!r}, epochs={epochs!r}")
+        per_epoch = data.shape[0] // self.config.batch_size
+        total = n_iterations if n_iterations is not None else (
+            epochs * per_epoch if isinstance(epochs, int) and not isinstance(epochs, bool)
+            else epochs)
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"n_iterations / epochs must be a positive int; received "
+                             f"n_iterations={n_iterations!r}, epochs={epochs!r}")
+        if target is not None and getattr(target, "dim", self.dim) != self.dim:
+            raise ValueError(f"target is {target.dim}-D but the model is {self.dim}-D")
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or \
+                checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive int; received "
+                             f"{checkpoint_every!r}")
+        for callback in callbacks:
+            if not callable(callback):
+                raise TypeError(f"callbacks must be callables; received {type(callback).__name__}")
+
+        self._n_data = data.shape[0]
+        if self.pool_ is None:
+            self.pool_ = self._draw_base(self.config.pool_size, self.generator)
+        evaluate = (target is not None and self.dim == 2 and self.config.eval_every > 0)
+        bar = _progress_bar(total, progress, f"{self._sampler_name()}-EBM")
+        start = time.perf_counter() - self._elapsed
+        goal = self.iteration_ + total
+        saved_at = None
+        # Numbered checkpoints after this point belong to a future this run abandoned (e.g. a
+        # corrupt newest file skipped on resume): the first write here removes them.
+        self._resumed_at = self.iteration_
+        self._flush()
+        self._good = guard.snapshot(self)
+        try:
+            while self.iteration_ < goal:
+                try:
+                    record = self._iteration(data, target)
+                except ValueError as err:
+                    # A kernel refusing NaN/inf chains or log-densities (samplers.NonFiniteError)
+                    # is a diverged EBM the guard may not have seen yet; so is any ValueError
+                    # once the guard's records are already out of range. Others are not ours.
+                    bad = self._first_bad()
+                    if bad is None and not guard.is_divergence(err):
+                        raise
+                    text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                    guard.restart(self, *(bad or (
+                        self.iteration_ + 1,
+                        f"the model's log-density is NaN or infinite at the chains ({text})")))
+                    bar.n = self.iteration_ - (goal - total)
+                    continue
+                self.iteration_ += 1
+                if evaluate and self.iteration_ % self.config.eval_every == 0:
+                    record["eval"] = quadrature_mode_weights(self.log_prob, target,
+                                                             device=self.device)
+                self._pending.append(record)
+                bar.update()
+                log = self.iteration_ % self.config.log_every == 0
+                save = checkpoint_dir is not None and self.iteration_ % checkpoint_every == 0
+                if not (log or save or self.iteration_ == goal):
+                    continue
+                self._elapsed = time.perf_counter() - start
+                if not self._check():  # restored to the last good state: go on from there
+                    bar.n = self.iteration_ - (goal - total)
+                    continue
+                stop = False
+                if log:
+                    bar.set_postfix(self._postfix(), refresh=False)
+                    stop = any(bool(callback(self)) for callback in callbacks)
+                if save:
+                    self._save_numbered(checkpoint_dir)
+                    saved_at = self.iteration_
+                if stop:
+                    break
+        finally:
+            bar.close()
+            self._elapsed = time.perf_counter() - start
+            self._flush()
+            self._good = None
+        if checkpoint_dir is not None and saved_at != self.iteration_:
+            self._save_numbered(checkpoint_dir)
+        return self.history_
+
+    # ------------------------------------------------------------------------------ one step
+
+    def _check(self) -> bool:
+        """Check the pending records (one transfer); True if all passed (they are then flushed
+        and the state becomes the new good snapshot), else restore the last good state and lower
+        the learning rates (or raise `TrainingDivergedError`)."""
+        bad = self._first_bad()
+        if bad is not None:
+            guard.restart(self, *bad)
+            return False
+        self._flush()
+        self._good = guard.snapshot(self)
+        return True
+
+    def _first_bad(self) -> tuple[int, str] | None:
+        return guard.first_bad(self)
+
+    def _parameters(self) -> list[Tensor]:
+        return [*self.energy.parameters(), *self.flow.parameters()]
+
+    def _sampler_name(self) -> str:
+        return self.method.name
+
+    def _next_batch(self, data: Tensor) -> Tensor:
+        b = self.config.batch_size
+        if self._order is None or self._cursor + b > self._order.shape[0]:
+            self._order = torch.randperm(data.shape[0], generator=self.generator,
+                                         device=self.device)
+            self._cursor = 0
+        idx = self._order[self._cursor:self._cursor + b]
+        self._cursor += b
+        return data[idx]
+
+    def _advance(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the kernel on chains ``x0``; the final positions and the mean local and global
+        acceptance (NaN where the kernel has no such move)."""
+        # The model changed since these chains last moved, so whatever a kernel cached about them
+        # is stale: a fresh init costs one evaluation and keeps MH ratios exact.
+        state = self.kernel.init(x0)
+        total = [torch.zeros((), device=self.device), torch.zeros((), device=self.device)]
+        seen = [False, False]
+        for _ in range(self._steps):
+            state, info = self.kernel.step(state, self.generator)
+            for i, rate in enumerate(self.method.acceptance(self.kernel, info)):
+                if rate is not None:
+                    total[i], seen[i] = total[i] + rate.mean(), True
+        nan = torch.full((), math.nan, device=self.device)
+        local, globl = (t / self._steps if s else nan for t, s in zip(total, seen, strict=True))
+        return state.x.detach(), local, globl
+
+    def _iteration(self, data: Tensor, target: Any) -> dict[str, Any]:
+        c = self.config
+        if c.lr_decay != "none":
+            set_rate((self.opt_energy, self.opt_flow),
+                     scheduled_rates(c, self.iteration_, len(self.history_.get("restarts", []))))
+        batch = self._next_batch(data)
+        idx = (torch.randperm(c.pool_size, generator=self.generator,
+                              device=self.device)[:c.n_negatives]
+               if c.n_negatives < c.pool_size else slice(None))
+        # NT-EBM's chains are short-run from the flow (Nijkamp et al. 2022): the flow, fitted to
+        # the data, moves faster than persistent latent chains could follow.
+        start = self._draw_flow(c.n_negatives) if self.method.fresh_chains else self.pool_[idx]
+        negatives, local, globl = self._advance(start)
+        self.pool_[idx] = negatives
+
+        # One forward pass for both sets: the same network, so the same cost as two.
+        energies = self.energy(torch.cat([batch, negatives]))
+        e_pos, e_neg = energies[:batch.shape[0]], energies[batch.shape[0]:]
+        terms = contrastive_loss(e_pos, e_neg, c.energy_l2)
+        self.opt_energy.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        grad_energy = grad_norm(self.energy)
+        self.opt_energy.step()
+
+        # The flow's NLL on the data and on the negatives, in one pass; it steps on the one its
+        # method fits (flowMC-EBM and the PCD baselines: the negatives; NT-EBM: the data).
+        log_q = self.flow().log_prob(torch.cat([batch, negatives]))
+        nll_data = -log_q[:batch.shape[0]].mean()
+        nll_neg = -log_q[batch.shape[0]:].mean()
+        flow_loss = nll_data if self.method.flow_fits == "data" else nll_neg
+        self.opt_flow.zero_grad(set_to_none=True)
+        flow_loss.backward()
+        grad_flow = grad_norm(self.flow)
+        self.opt_flow.step()
+
+        record = {"loss_energy": terms.loss.detach(), "energy_gap": terms.gap.detach(),
+                  "energy_pos": e_pos.detach().mean(), "energy_neg": e_neg.detach().mean(),
+                  "flow_nll_neg": nll_neg.detach(), "flow_nll_data": nll_data.detach(),
+                  "local_accept": local, "global_accept": globl,
+                  # Device-side only; read at the next check (see `fit`), never here.
+                  "guard": guard.record(e_pos, e_neg, energies, grad_energy, flow_loss,
+                                        grad_flow, negatives)}
+        if target is not None:
+            labels = target.assign(self.pool_)
+            record["neg_mode_weights"] = torch.bincount(
+                labels, minlength=target.n_modes).to(self.pool_.dtype) / labels.shape[0]
+        return record
+
+    def _flush(self) -> None:
+        """Move pending records to `history_`: one host transfer per ``log_every`` iterations."""
+        if not self._pending:
+            return
+        n = len(self._pending)
+        first = self.iteration_ - n + 1
+        h = self.history_
+        h.setdefault("iteration", []).extend(range(first, self.iteration_ + 1))
+        h.setdefault("elapsed", []).extend([self._elapsed] * n)
+        for key in self._pending[0]:
+            if key in ("eval", "guard"):
+                continue
+            h.setdefault(key, []).extend(torch.stack([r[key] for r in self._pending]).tolist())
+        for i, record in enumerate(self._pending):
+            if "eval" in record:
+                h.setdefault("eval_iteration", []).append(first + i)
+                h.setdefault("ebm_mode_weights", []).append(record["eval"].tolist())
+        self._pending = []
+
+    def _postfix(self) -> dict[str, str]:
+        h = self.history_
+        out = {"gap": f"{h['energy_gap'][-1]:+.3f}"}
+        if h.get("ebm_mode_weights"):
+            out["w"] = "/".join(f"{w:.2f}" for w in h["ebm_mode_weights"][-1])
+        return out
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a run needs to continue, as plain data (`torch.load(weights_only=True)`)."""
+        self._flush()
+        return {
+            "config": asdict(self.config),
+            "model_config": None if self.model_config is None else
+            {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.model_config).items()},
+            "dim": self.dim,
+            "sampler": self._sampler_name(),
+            "energy": self.energy.state_dict(),
+            "flow": self.flow.state_dict(),
+            "opt_energy": self.opt_energy.state_dict(),
+            "opt_flow": self.opt_flow.state_dict(),
+            "generator": self.generator.get_state(),
+            "pool": self.pool_,
+            "order": self._order,
+            "cursor": self._cursor,
+            "n_data": self._n_data,
+            "iteration": self.iteration_,
+            "elapsed": self._elapsed,
+            "history": self.history_,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (temporary file, fsync, rename).
+
+        Example:
+            >>> import tempfile
+            >>> trainer = JointTrainer.from_config(2)
+            >>> path = trainer.save(Path(tempfile.mkdtemp()) / "run.pt")
+            >>> JointTrainer.load(path).iteration_
+            0
+        """
+        guard.refuse_non_finite(self, path)
+        return save_checkpoint(self.state_dict(), path, kind=_CHECKPOINT_KIND)
+
+    def _save_numbered(self, directory: str | Path) -> Path:
+        """``iter-NNNNNN.pt`` in ``directory``, ``last.pt`` pointed at it, old ones pruned."""
+        guard.refuse_non_finite(self, checkpoint_path(directory, self.iteration_))
+        path = write_numbered_checkpoint(self.state_dict(), directory, self.iteration_,
+                                         _CHECKPOINT_KIND, self.config.keep_checkpoints,
+                                         newer_than=self._resumed_at)
+        self._resumed_at = None
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, energy: nn.Module | None = None,
+             flow: zuko.lazy.Flow | None = None, sampler: str | KernelFactory | None = None,
+             map_location: torch.device | str | None = None) -> JointTrainer:
+        """A trainer restored from `save`, ready to `fit` on from where it stopped.
+
+        Args:
+            path: the checkpoint.
+            energy, flow: modules of the saved architecture; needed only when the trainer was
+                not built by `from_config` (otherwise they are rebuilt from the checkpoint).
+            sampler: needed only for a trainer saved with a custom kernel factory.
+            map_location: device to load onto (default: that of ``energy``, else CPU).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is truncated, corrupt, foreign, or does not fit the modules.
+        """
+        if map_location is None:
+            map_location = next(energy.parameters()).device if energy is not None else "cpu"
+        state = load_checkpoint(path, _CHECKPOINT_KIND, map_location=map_location)
+        try:
+            config = TrainerConfig(**state["config"])
+            name = state["sampler"]
+            if sampler is None:
+                if name == "custom":
+                    raise ValueError("it was trained with a custom kernel factory; pass the same "
+                                     "factory as sampler=")
+                sampler = name
+            if energy is None or flow is None:
+                if state["model_config"] is None:
+                    raise ValueError("its networks were not built by JointTrainer.from_config; "
+                                     "pass energy= and flow= modules of the saved architecture")
+                trainer = cls.from_config(state["dim"], sampler,
+                                          ModelConfig(**state["model_config"]), config,
+                                          device=map_location)
+            else:
+                model_config = (ModelConfig(**state["model_config"])
+                                if state["model_config"] is not None else None)
+                trainer = cls(energy, flow, sampler, config, model_config=model_config)
+            trainer.energy.load_state_dict(state["energy"])
+            trainer.flow.load_state_dict(state["flow"])
+            trainer.opt_energy.load_state_dict(state["opt_energy"])
+            trainer.opt_flow.load_state_dict(state["opt_flow"])
+            trainer.generator.set_state(state["generator"].cpu())
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(f"cannot restore a trainer from {path}: {message}") from None
+        trainer.pool_ = state["pool"]
+        trainer._order = state["order"]
+        trainer._cursor = state["cursor"]
+        trainer._n_data = state["n_data"]
+        trainer.iteration_ = state["iteration"]
+        trainer._elapsed = state["elapsed"]
+        trainer.history_ = state["history"]
+        return trainer
+
+    @classmethod
+    def load_latest(cls, directory: str | Path, **kwargs: Any) -> JointTrainer:
+        """`load` the newest checkpoint of ``directory`` that reads (see `latest_checkpoint`)."""
+        return cls.load(latest_checkpoint(directory, _CHECKPOINT_KIND), **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"JointTrainer(sampler={self._sampler_name()!r}, dim={self.dim}, "
+                f"iteration={self.iteration_}, kernel={self.kernel!r})")
