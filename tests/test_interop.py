@@ -146,7 +146,7 @@ def test_to_arviz_names_the_models_sites():
                    generator=gen, progress=False)
     summary = az.summary(target.to_arviz(trace), kind="stats")
     assert {"scale", "beta[0]", "beta[2]", "norm"} <= set(summary.index)
-    assert bool((summary.loc["scale", "mean"] > 0))
+    assert bool(summary.loc["scale", "mean"] > 0)
 
 
 def test_nuts_reference_runs_from_the_same_starts():

@@ -182,7 +182,8 @@ class NumpyroTarget:
 
     def __repr__(self) -> str:
         sites = ", ".join(f"{k}{list(v) if v else ''}" for k, v in self.sites.items())
-        return f"NumpyroTarget({getattr(self.model, '__name__', 'model')}: {sites}; dim={self.dim}, {self.dtype})"
+        name = getattr(self.model, "__name__", "model")
+        return f"NumpyroTarget({name}: {sites}; dim={self.dim}, {self.dtype})"
 
 
 def nuts_reference(target: NumpyroTarget, x0: Tensor, num_warmup: int = 1000,
