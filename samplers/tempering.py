@@ -191,15 +191,17 @@ class ParallelTempering(Kernel):
         dist = resolve(self.reference)
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             y = dist.sample((2,))
+            # The shape first: with argument validation off (torch's global switch), a reference
+            # of the wrong shape fails inside log_prob with a broadcasting RuntimeError instead.
+            if y.shape[1:] != x.shape[1:]:
+                raise ValueError(f"the reference must draw events of the chains' shape "
+                                 f"{tuple(x.shape[1:])}; it draws {tuple(y.shape[1:])} (a product "
+                                 "of d Normals needs Independent(Normal(loc, scale), 1))")
             try:
                 lp = dist.log_prob(x[:2])
             except NotImplementedError as e:
                 raise TypeError(f"the reference ({type(dist).__name__}) must implement log_prob; "
                                 "parallel tempering needs its density") from e
-        if y.shape[1:] != x.shape[1:]:
-            raise ValueError(f"the reference must draw events of the chains' shape {tuple(x.shape[1:])}; "
-                             f"it draws {tuple(y.shape[1:])} (a product of d Normals needs "
-                             "Independent(Normal(loc, scale), 1))")
         if lp.shape != (min(2, x.shape[0]),):
             raise ValueError(f"reference.log_prob must return one value per chain; for x of shape "
                              f"{tuple(x[:2].shape)} it returned shape {tuple(lp.shape)} (wrap a "
