@@ -53,13 +53,6 @@ def gaussian():
     numpyro.sample("theta", dist.Normal(jnp.array([1.0, -2.0]), jnp.array([0.5, 2.0])))
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 MODELS = {
     "gmm": (gmm, (np.array([-3.0, -2.5, 0.1, 0.3, 4.0, 4.2]),), {}),
     "sign_symmetric": (sign_symmetric, (np.array([4.1, 0.9]),), {}),
@@ -68,22 +61,37 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_log_density_and_gradient_equal_numpyros_potential(name, x64):
-    model, args, kwargs = MODELS[name]
-    target = NumpyroTarget(model, *args, **kwargs)
-    assert target.dtype == jnp.float64
-    x = torch.randn(7, target.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    x = x.requires_grad_(True)
-    lp = target(x)
-    (grad,) = torch.autograd.grad(lp.sum(), x)
+def _compare_with_numpyro(names):
+    """Run in a fresh process with float64 JAX (toggling jax_enable_x64 inside one process leaves
+    compiled executables of the other precision behind, which later calls trip on)."""
+    assert jax.config.jax_enable_x64
+    for name in names:
+        model, args, kwargs = MODELS[name]
+        target = NumpyroTarget(model, *args, **kwargs)
+        assert target.dtype == jnp.float64
+        gen = torch.Generator().manual_seed(3)
+        x = torch.randn(7, target.dim, dtype=torch.float64, generator=gen).requires_grad_(True)
+        lp = target(x)
+        (grad,) = torch.autograd.grad(lp.sum(), x)
 
-    def reference(flat):
-        return -potential_energy(model, args, kwargs, target._unravel(flat))
+        def reference(flat, model=model, args=args, kwargs=kwargs, target=target):
+            return -potential_energy(model, args, kwargs, target._unravel(flat))
 
-    value, g = jax.vmap(jax.value_and_grad(reference))(jnp.asarray(x.detach().numpy()))
-    np.testing.assert_allclose(lp.detach().numpy(), np.asarray(value), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(grad.numpy(), np.asarray(g), rtol=1e-5, atol=1e-5)
+        value, g = jax.vmap(jax.value_and_grad(reference))(jnp.asarray(x.detach().numpy()))
+        np.testing.assert_allclose(lp.detach().numpy(), np.asarray(value), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grad.numpy(), np.asarray(g), rtol=1e-5, atol=1e-5)
+    print("compared", *names)
+
+
+def test_log_density_and_gradient_equal_numpyros_potential():
+    import os
+
+    code = f"from tests.test_interop import _compare_with_numpyro; _compare_with_numpyro({list(MODELS)!r})"
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["compared", *MODELS]
 
 
 def test_mala_on_a_numpyro_model_recovers_its_moments():
