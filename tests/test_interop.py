@@ -3,25 +3,23 @@
 import subprocess
 import sys
 
+import arviz as az
+import jax
+import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 import torch
+from numpyro.infer.util import potential_energy
 
+from flowmc_ebm.interop.constrained import UnconstrainedTarget, support_log_prob
+from flowmc_ebm.interop.numpyro import NumpyroTarget, nuts_reference
 from samplers import MALA, sample
-
-jax = pytest.importorskip("jax")
-numpyro = pytest.importorskip("numpyro")
-import jax.numpy as jnp  # noqa: E402
-import numpyro.distributions as dist  # noqa: E402
-from numpyro.infer.util import potential_energy  # noqa: E402
-
-from flowmc_ebm.interop.constrained import UnconstrainedTarget, support_log_prob  # noqa: E402
-from flowmc_ebm.interop.numpyro import NumpyroTarget, nuts_reference  # noqa: E402
 
 
 def assert_mean_within_mcse(samples, truth, z_max=4.0):
     """Every coordinate's mean within ``z_max`` Monte-Carlo standard errors (bulk ESS) of the truth."""
-    az = pytest.importorskip("arviz")
     x = np.asarray(samples, dtype=np.float64)
     for i, t in enumerate(np.asarray(truth, dtype=np.float64)):
         q = x[..., i]
@@ -146,7 +144,6 @@ def test_support_log_prob_rejects_instead_of_raising():
 
 
 def test_to_arviz_names_the_models_sites():
-    az = pytest.importorskip("arviz")
     model, args, kwargs = MODELS["logistic"]
     target = NumpyroTarget(model, *args, **kwargs)
     gen = torch.Generator().manual_seed(0)

@@ -10,22 +10,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Independent, MultivariateNormal, Normal
+from torch.distributions import Independent, Normal
 
 import samplers
 import samplers.tempering as tempering
 from samplers.schedule import cumulative_barrier, optimal_schedule, replicas_for_barrier
 from tests.stats import moment_zscores
+from tests.test_samplers_invariance import COV, MEAN, D  # the kernels' shared 5-D Gaussian
+from tests.test_samplers_invariance import TARGET as GAUSS
 
-D = 5
-_A = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0],
-                   [0.6, 0.8, 0.0, 0.0, 0.0],
-                   [-0.3, 0.4, 0.7, 0.0, 0.0],
-                   [0.2, -0.2, 0.3, 0.5, 0.0],
-                   [0.1, 0.5, -0.2, 0.3, 1.2]])
-MEAN = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0])
-COV = _A @ _A.T
-GAUSS = MultivariateNormal(MEAN, COV)
 Z_TOL = 4.0
 
 
