@@ -35,8 +35,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -47,39 +45,27 @@ import zuko
 from torch import Tensor, nn
 
 import samplers
-from flowmc_ebm.checkpoint import (
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    write_numbered_checkpoint,
-)
+from flowmc_ebm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowmc_ebm.config import ModelConfig, TrainerConfig
 from flowmc_ebm.energies import MLPEnergy
-from flowmc_ebm.evaluation import quadrature_mode_weights
 from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm.objectives.contrastive import contrastive_loss
-from flowmc_ebm.training import guard
+from flowmc_ebm.training import guard, run
 from flowmc_ebm.training.guard import TrainingDivergedError, grad_norm
 from flowmc_ebm.training.methods import Method, get_method
+from flowmc_ebm.training.run import CHECKPOINT_KIND as _CHECKPOINT_KIND
+from flowmc_ebm.training.run import TrainingInterrupted
 from flowmc_ebm.training.schedule import scheduled_rates, set_rate
 from samplers.independent import draw
 
-__all__ = ["Callback", "JointTrainer", "TrainingDivergedError", "latest_checkpoint"]
+__all__ = ["Callback", "JointTrainer", "TrainingDivergedError", "TrainingInterrupted",
+           "latest_checkpoint"]
 
 KernelFactory = Callable[[Callable[[Tensor], Tensor]], samplers.Kernel]
 #: Called every ``log_every`` iterations, after the history is brought up to date; returning
-#: True stops training there.
+#: True stops training there. One with ``state_dict()``/``load_state_dict()`` has its state
+#: kept in checkpoints (see `flowmc_ebm.training.run`).
 Callback = Callable[["JointTrainer"], Any]
-
-_CHECKPOINT_KIND = "joint-trainer"
-
-
-def _progress_bar(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled or bool(os.environ.get("CI")),
-                mininterval=0.5, leave=False)
 
 
 class JointTrainer:
@@ -105,6 +91,9 @@ class JointTrainer:
         pool_: the persistent chains ``(pool_size, dim)`` (None before the first `fit`).
         iteration_: iterations done so far.
         history_: per-iteration records (see `fit`).
+        elapsed_: seconds spent in `fit`, summed over the processes of a resumed run (the work
+            a killed process did after its last checkpoint is not counted: it was redone).
+        resumptions_: times the run was continued from a checkpoint (`load`, then `fit`).
     """
 
     def __init__(self, energy: nn.Module, flow: zuko.lazy.Flow,
@@ -156,6 +145,10 @@ class JointTrainer:
         self._pending: list[dict[str, Any]] = []
         self._good: dict[str, Any] | None = None  # last state that passed the divergence guard
         self._resumed_at: int | None = None
+        self.resumptions_ = 0
+        self._loaded = False  # from a checkpoint, not yet resumed (see run.resume)
+        self._callbacks: tuple = ()  # those of the fit in progress
+        self._callback_states: list = []  # their states at the last checkpoint or fit
 
     # ----------------------------------------------------------------------------- construction
 
@@ -277,11 +270,15 @@ class JointTrainer:
                 has the negatives' mode weights each iteration and, in 2-D, the EBM's own mode
                 weights by quadrature every ``eval_every`` iterations.
             callbacks: called as ``callback(trainer)`` every ``log_every`` iterations; one
-                returning True stops training.
+                returning True stops training. The state of one with ``state_dict()`` and
+                ``load_state_dict()`` goes into checkpoints and comes back on resume.
             checkpoint_dir: if given, a numbered checkpoint ``iter-NNNNNN.pt`` is written
                 there (atomically) every ``checkpoint_every`` iterations and at the end, and
                 ``last.pt`` made the newest; only the ``config.keep_checkpoints`` newest numbered
                 files are kept. Only states that passed the divergence guard are written.
+                The directory is locked for the whole call (one writer at a time), and
+                SIGINT/SIGTERM stop training after the current iteration with a checkpoint
+                (`TrainingInterrupted`; see `flowmc_ebm.training.run`).
             checkpoint_every: iterations between checkpoints.
             progress: show a progress bar (never when the ``CI`` variable is set).
 
@@ -310,6 +307,10 @@ class JointTrainer:
                 of another dimension, bad iteration counts; nothing is trained or written then.
             TrainingDivergedError: it diverged again after ``config.max_restarts`` restarts; the
                 trainer is left at its last good state, and checkpoints on disk are all good.
+            samplers.rundir.RunDirectoryLocked: another process is writing ``checkpoint_dir``
+                (nothing was trained or written).
+            TrainingInterrupted: a signal stopped it; the trainer and the checkpoint just
+                written are at ``err.iteration``.
         """
         data = self._check_data(data)
         if (n_iterations is None) == (epochs is None):
@@ -332,69 +333,15 @@ class JointTrainer:
             if not callable(callback):
                 raise TypeError(f"callbacks must be callables; received {type(callback).__name__}")
 
-        self._n_data = data.shape[0]
-        if self.pool_ is None:
-            self.pool_ = self._draw_base(self.config.pool_size, self.generator)
-        evaluate = (target is not None and self.dim == 2 and self.config.eval_every > 0)
-        bar = _progress_bar(total, progress, f"{self._sampler_name()}-EBM")
-        start = time.perf_counter() - self._elapsed
-        goal = self.iteration_ + total
-        saved_at = None
-        # Numbered checkpoints after this point belong to a future this run abandoned (e.g. a
-        # corrupt newest file skipped on resume): the first write here removes them.
-        self._resumed_at = self.iteration_
-        self._flush()
-        self._good = guard.snapshot(self)
-        try:
-            while self.iteration_ < goal:
-                try:
-                    record = self._iteration(data, target)
-                except ValueError as err:
-                    # A kernel refusing NaN/inf chains or log-densities (samplers.NonFiniteError)
-                    # is a diverged EBM the guard may not have seen yet; so is any ValueError
-                    # once the guard's records are already out of range. Others are not ours.
-                    bad = self._first_bad()
-                    if bad is None and not guard.is_divergence(err):
-                        raise
-                    text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                    guard.restart(self, *(bad or (
-                        self.iteration_ + 1,
-                        f"the model's log-density is NaN or infinite at the chains ({text})")))
-                    bar.n = self.iteration_ - (goal - total)
-                    continue
-                self.iteration_ += 1
-                if evaluate and self.iteration_ % self.config.eval_every == 0:
-                    record["eval"] = quadrature_mode_weights(self.log_prob, target,
-                                                             device=self.device)
-                self._pending.append(record)
-                bar.update()
-                log = self.iteration_ % self.config.log_every == 0
-                save = checkpoint_dir is not None and self.iteration_ % checkpoint_every == 0
-                if not (log or save or self.iteration_ == goal):
-                    continue
-                self._elapsed = time.perf_counter() - start
-                if not self._check():  # restored to the last good state: go on from there
-                    bar.n = self.iteration_ - (goal - total)
-                    continue
-                stop = False
-                if log:
-                    bar.set_postfix(self._postfix(), refresh=False)
-                    stop = any(bool(callback(self)) for callback in callbacks)
-                if save:
-                    self._save_numbered(checkpoint_dir)
-                    saved_at = self.iteration_
-                if stop:
-                    break
-        finally:
-            bar.close()
-            self._elapsed = time.perf_counter() - start
-            self._flush()
-            self._good = None
-        if checkpoint_dir is not None and saved_at != self.iteration_:
-            self._save_numbered(checkpoint_dir)
+        run.fit_loop(self, data, total, target, callbacks, checkpoint_dir, checkpoint_every,
+                     progress)
         return self.history_
 
     # ------------------------------------------------------------------------------ one step
+
+    @property
+    def elapsed_(self) -> float:
+        return self._elapsed
 
     def _check(self) -> bool:
         """Check the pending records (one transfer); True if all passed (they are then flushed
@@ -493,30 +440,7 @@ class JointTrainer:
         return record
 
     def _flush(self) -> None:
-        """Move pending records to `history_`: one host transfer per ``log_every`` iterations."""
-        if not self._pending:
-            return
-        n = len(self._pending)
-        first = self.iteration_ - n + 1
-        h = self.history_
-        h.setdefault("iteration", []).extend(range(first, self.iteration_ + 1))
-        h.setdefault("elapsed", []).extend([self._elapsed] * n)
-        for key in self._pending[0]:
-            if key in ("eval", "guard"):
-                continue
-            h.setdefault(key, []).extend(torch.stack([r[key] for r in self._pending]).tolist())
-        for i, record in enumerate(self._pending):
-            if "eval" in record:
-                h.setdefault("eval_iteration", []).append(first + i)
-                h.setdefault("ebm_mode_weights", []).append(record["eval"].tolist())
-        self._pending = []
-
-    def _postfix(self) -> dict[str, str]:
-        h = self.history_
-        out = {"gap": f"{h['energy_gap'][-1]:+.3f}"}
-        if h.get("ebm_mode_weights"):
-            out["w"] = "/".join(f"{w:.2f}" for w in h["ebm_mode_weights"][-1])
-        return out
+        run.flush(self)
 
     # ---------------------------------------------------------------------------- checkpoints
 
@@ -541,6 +465,8 @@ class JointTrainer:
             "iteration": self.iteration_,
             "elapsed": self._elapsed,
             "history": self.history_,
+            "resumptions": self.resumptions_,
+            "callbacks": run.callback_states(self),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -555,15 +481,6 @@ class JointTrainer:
         """
         guard.refuse_non_finite(self, path)
         return save_checkpoint(self.state_dict(), path, kind=_CHECKPOINT_KIND)
-
-    def _save_numbered(self, directory: str | Path) -> Path:
-        """``iter-NNNNNN.pt`` in ``directory``, ``last.pt`` pointed at it, old ones pruned."""
-        guard.refuse_non_finite(self, checkpoint_path(directory, self.iteration_))
-        path = write_numbered_checkpoint(self.state_dict(), directory, self.iteration_,
-                                         _CHECKPOINT_KIND, self.config.keep_checkpoints,
-                                         newer_than=self._resumed_at)
-        self._resumed_at = None
-        return path
 
     @classmethod
     def load(cls, path: str | Path, energy: nn.Module | None = None,
@@ -619,6 +536,9 @@ class JointTrainer:
         trainer.iteration_ = state["iteration"]
         trainer._elapsed = state["elapsed"]
         trainer.history_ = state["history"]
+        trainer.resumptions_ = state.get("resumptions", 0)
+        trainer._callback_states = state.get("callbacks", [])
+        trainer._loaded = True
         return trainer
 
     @classmethod

@@ -284,8 +284,9 @@ def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
     (tmp_path / ".iter-000002.pt.k1lled.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / ".last.pt.999.link").write_bytes(b"")
     trainer.fit(data, n_iterations=11, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    # The directory's lock file stays (a lock on a deleted file would lock nothing).
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "iter-000008.pt", "iter-000010.pt", "iter-000011.pt", LATEST]
+        ".lock", "iter-000008.pt", "iter-000010.pt", "iter-000011.pt", LATEST]
     assert (tmp_path / LATEST).read_bytes() == checkpoint_path(tmp_path, 11).read_bytes()
     assert JointTrainer.load(tmp_path / LATEST).iteration_ == 11
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 11)
@@ -311,7 +312,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(data, tmp_path)
     assert straight.history_["loss_energy"] == resumed.history_["loss_energy"]
     # The corrupt file of the abandoned future is gone once the resumed run wrote a newer one.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "iter-000005.pt", "iter-000010.pt", "iter-000014.pt", LATEST]
+        ".lock", "iter-000005.pt", "iter-000010.pt", "iter-000014.pt", LATEST]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 14)
