@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+from flowmc_ebm.diagnostics import grid_quadrature  # noqa: E402
 from flowmc_ebm.ebflow import (  # noqa: E402
     EBFlow,
     EBFlowTrainer,
@@ -50,7 +51,6 @@ from flowmc_ebm.ebflow import (  # noqa: E402
     fully_connected_ebflow,
 )
 from flowmc_ebm.objectives.score_matching import exact_score_matching  # noqa: E402
-from flowmc_ebm.sm_ebm import grid_mode_weights  # noqa: E402
 from flowmc_ebm.targets import GaussianMixture  # noqa: E402
 
 OBJECTIVES = ("ml", "ssm", "dsm", "fdssm")
@@ -145,7 +145,8 @@ def run_toy(objective: str, steps: int, seed: int) -> dict:
     test = target.sample(20_000, torch.Generator().manual_seed(10_000))
     with torch.no_grad():
         nll = float(-model.log_prob(test).mean())
-    weights = grid_mode_weights(model.energy, target.assign, 2, -5, 5, 300).weights
+    weights = grid_quadrature(lambda x: -model.energy(x), target.assign, 5.0, 300, n_modes=2,
+                              dtype=torch.float32).weights
     return {"objective": objective, "steps": steps, "seconds": seconds, "test_nll": nll,
             "test_bits_per_dim": bits_per_dim(nll, 2), "weights": weights.tolist()}
 

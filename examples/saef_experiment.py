@@ -47,8 +47,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from flowmc_ebm.ebflow import LogitTransform, bits_per_dim, dequantize  # noqa: E402
 from flowmc_ebm.objectives.energy_score import energy_distance  # noqa: E402
+from flowmc_ebm.preprocessing import LogitTransform, bits_per_dim, dequantize  # noqa: E402
 from flowmc_ebm.sa_flow import (  # noqa: E402
     AutoregressiveEnergyFlow,
     EnergyFlowTrainer,
@@ -92,7 +92,7 @@ def run_toys(args, out: Path) -> list[dict]:
             for seed in range(args.seeds):
                 trainer, seconds = train(2, blocks, loss, target.sample, args.toy_steps, 256, seed,
                                          lr=1e-3)
-                model = trainer.ema
+                model = trainer.ema.average
                 with torch.no_grad():
                     draws = model.sample(20000, torch.Generator().manual_seed(seed + 7))
                     nll = -model.log_prob(held)
@@ -145,7 +145,7 @@ def run_digits(args, out: Path) -> list[dict]:
     axes = [axes] if len(configs) == 1 else axes
     for index, (blocks, loss) in enumerate(configs):
         trainer, seconds = train(64, blocks, loss, batches, args.digit_steps, 100, 0, lr=1e-3)
-        model = trainer.ema
+        model = trainer.ema.average
         generator = torch.Generator().manual_seed(12_345)
         with torch.no_grad():
             nll = []

@@ -35,10 +35,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from flowmc_ebm.diagnostics import grid_quadrature  # noqa: E402
 from flowmc_ebm.ebflow import EBFlowTrainer, coupling_ebflow  # noqa: E402
 from flowmc_ebm.flows import make_flow  # noqa: E402
 from flowmc_ebm.objectives.energy_score import energy_distance, energy_score_loss  # noqa: E402
-from flowmc_ebm.sm_ebm import ScoreMatchingEBM, grid_mode_weights  # noqa: E402
+from flowmc_ebm.sm_ebm import ScoreMatchingEBM  # noqa: E402
 from flowmc_ebm.targets import TwoModes  # noqa: E402
 
 TARGET = TwoModes()
@@ -62,7 +63,8 @@ def run_sm_ebm(objective: str, seed: int, steps: int, sigma: float) -> tuple[dic
     start = time.perf_counter()
     ebm = ScoreMatchingEBM(objective, sigma=sigma, steps=steps, batch_size=256).fit(
         TARGET.sample, dim=2, generator=torch.Generator().manual_seed(seed))
-    grid = grid_mode_weights(ebm.energy_, TARGET.assign, 2, *BOX, n_grid=400)
+    grid = grid_quadrature(ebm.score_samples, TARGET.assign, (BOX, BOX), 400, n_modes=2,
+                           dtype=torch.float32)
     return {
         "family": "SM-EBM", "method": objective, "seed": seed,
         "top_right": float(grid.weights[TARGET.top_right]), "edge_mass": grid.edge_mass,
@@ -77,7 +79,8 @@ def run_ebflow(objective: str, seed: int, steps: int, sigma: float) -> tuple[dic
     trainer = EBFlowTrainer(coupling_ebflow(2), objective, lr=1e-3, sigma=sigma).fit(
         TARGET.sample, steps, batch_size=256, generator=torch.Generator().manual_seed(seed))
     model = trainer.ema.average
-    grid = grid_mode_weights(model.energy, TARGET.assign, 2, *BOX, n_grid=400)
+    grid = grid_quadrature(lambda x: -model.energy(x), TARGET.assign, (BOX, BOX), 400, n_modes=2,
+                           dtype=torch.float32)
     with torch.no_grad():
         nll = float(-model.log_prob(_test_data()).mean())
     return {

@@ -40,7 +40,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +48,10 @@ from torch.distributions import Distribution, constraints
 from zuko.nn import MaskedMLP
 from zuko.transforms import MonotonicRQSTransform
 
-from .ebflow import ExponentialMovingAverage, minibatches
+from ._checks import check_positive_int
 from .objectives.energy_score import energy_score
+from .preprocessing import DataSource
+from .training.flow_fitting import MinibatchFitter
 
 __all__ = [
     "ENERGY_LOSSES",
@@ -233,8 +235,7 @@ class SemiAutoregressiveFlow(_AncestralFlow):
     def __init__(self, dim: int, blocks: int | Sequence[int] = 1, layers: int = 3,
                  hidden: Sequence[int] = (64, 64), bins: int = 8, bound: float = 5.0) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int; received {dim!r}")
+        check_positive_int(dim, "dim")
         self.dim = dim
         self.sizes = block_sizes(dim, blocks)
         self.starts = [sum(self.sizes[:k]) for k in range(len(self.sizes))]
@@ -340,8 +341,7 @@ class AutoregressiveEnergyFlow(_AncestralFlow):
     def __init__(self, dim: int, layers: int = 3, hidden: Sequence[int] = (256, 256), bins: int = 8,
                  bound: float = 5.0) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int; received {dim!r}")
+        check_positive_int(dim, "dim")
         self.dim, self.layers, self.bins, self.bound = dim, layers, bins, bound
         self.sizes, self.starts = [1] * dim, list(range(dim))
         self.per_coordinate = layers * (3 * bins - 1) + 2
@@ -484,8 +484,9 @@ def joint_energy_loss(
     return scores if per_point else scores.mean()
 
 
-class EnergyFlowTrainer:
-    """Adam on the energy score of a :class:`SemiAutoregressiveFlow` (or on its NLL, as reference).
+class EnergyFlowTrainer(MinibatchFitter):
+    """Adam on the energy score of a :class:`SemiAutoregressiveFlow` (or on its NLL, as reference),
+    on the one minibatch loop of :mod:`flowmc_ebm.training.flow_fitting`.
 
     Args:
         flow: The model (updated in place).
@@ -498,7 +499,9 @@ class EnergyFlowTrainer:
         grad_clip: Maximum gradient norm (``None``: no clipping).
 
     Attributes:
-        ema: A frozen copy holding the exponential moving average (``flow`` itself if none).
+        flow: The model (also ``model``).
+        ema: The :class:`~flowmc_ebm.training.flow_fitting.ExponentialMovingAverage` (``None``
+            without one); evaluate ``ema.average``, or ``evaluation_model`` in either case.
         history_: Loss per step.
 
     Example:
@@ -513,12 +516,9 @@ class EnergyFlowTrainer:
                  grad_clip: float | None = 10.0) -> None:
         if loss not in ENERGY_LOSSES:
             raise ValueError(f"unknown loss {loss!r}; known: {', '.join(ENERGY_LOSSES)}")
+        super().__init__(flow, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay,
+                         desc=f"energy flow {loss}")
         self.flow, self.loss_name, self.m, self.beta = flow, loss, m, beta
-        self.grad_clip = grad_clip
-        self.optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
-        self._average = ExponentialMovingAverage(flow, ema_decay) if ema_decay is not None else None
-        self.ema = self._average.average if self._average is not None else flow
-        self.history_: list[float] = []
 
     def loss(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The training loss on batch ``y`` (``[n, D]``), a scalar."""
@@ -528,26 +528,8 @@ class EnergyFlowTrainer:
             else joint_energy_loss
         return function(self.flow, y, self.m, self.beta, generator)
 
-    def step(self, y: Tensor, generator: torch.Generator | None = None) -> float:
-        """One Adam step (and EMA update); returns the loss."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(y, generator)
-        loss.backward()
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.flow.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self._average is not None:
-            self._average.update(self.flow)
-        value = loss.item()
-        self.history_.append(value)
-        return value
-
-    def fit(self, data: Tensor | Callable[[int, torch.Generator | None], Tensor], steps: int,
-            batch_size: int = 256, generator: torch.Generator | None = None,
-            progress: bool = False) -> EnergyFlowTrainer:
+    def fit(self, data: DataSource, steps: int, batch_size: int = 256,
+            generator: torch.Generator | None = None, progress: bool = False) -> EnergyFlowTrainer:
         """``steps`` steps on minibatches drawn from a tensor (with replacement) or a callable
         ``(n, generator) -> [n, D]``; returns ``self``."""
-        for batch in minibatches(data, steps, batch_size, generator, progress,
-                                 f"energy flow {self.loss_name}"):
-            self.step(batch, generator)
-        return self
+        return super().fit(data, steps, batch_size, generator, progress)

@@ -5,35 +5,48 @@ during training, which is its appeal. Its weakness is as well known (Wenliang et
 Song & Ermon 2019): the objective depends on the data only through ``∇ log p``, and where two
 modes are separated by a region the data never visit, nothing ties the energy level of one mode to
 the other's. The relative mode weights are left to the network's interpolation.
-:func:`grid_mode_weights` measures them by quadrature of ``exp(−E)`` on a 2-D grid, the
-estimator that needs no mixing chain (a chain started in one mode would stay there and report the
-weights it started with).
+The package's one grid quadrature (:func:`flowmc_ebm.diagnostics.grid.grid_quadrature`, on
+``score_samples`` = ``−E``) measures them on a 2-D grid, the estimator that needs no mixing chain
+(a chain started in one mode would stay there and report the weights it started with).
 
 Example:
+    >>> from flowmc_ebm.diagnostics import grid_quadrature
     >>> from flowmc_ebm.targets import TwoModes
     >>> target = TwoModes()
     >>> ebm = ScoreMatchingEBM("dsm", steps=5).fit(target.sample, dim=2)
-    >>> grid_mode_weights(ebm.energy_, target.assign, n_modes=2).weights.shape
-    torch.Size([2])
+    >>> grid_quadrature(ebm.score_samples, target.assign, 4.0, n_modes=2).weights.shape
+    (2,)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
 import samplers
 
 from .energies import MLPEnergy, log_density_from_energy
-from .objectives.score_matching import score_matching_loss
+from .objectives.score_matching import OBJECTIVES, score_matching_loss
+from .preprocessing import DataSource
+from .training.flow_fitting import MinibatchFitter
 
-__all__ = ["GridWeights", "ScoreMatchingEBM", "grid_mode_weights"]
+__all__ = ["ScoreMatchingEBM"]
 
-SM_OBJECTIVES = ("dsm", "ssm", "fdssm", "exact")
+
+class _ScoreMatchingFit(MinibatchFitter):
+    """The shared minibatch loop on a score-matching objective of an energy network."""
+
+    def __init__(self, energy: nn.Module, ebm: ScoreMatchingEBM) -> None:
+        super().__init__(energy, lr=ebm.lr, desc=f"SM-EBM {ebm.objective}")
+        self.ebm = ebm
+
+    def loss(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        ebm = self.ebm
+        return score_matching_loss(self.model, batch, ebm.objective, sigma=ebm.sigma, xi=ebm.xi,
+                                   n_projections=ebm.n_projections, energy_reg=ebm.energy_reg,
+                                   generator=generator).loss
 
 
 class ScoreMatchingEBM:
@@ -81,7 +94,7 @@ class ScoreMatchingEBM:
 
     def fit(
         self,
-        data: Tensor | Callable[[int, torch.Generator | None], Tensor],
+        data: DataSource,
         dim: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -99,8 +112,8 @@ class ScoreMatchingEBM:
         Returns:
             ``self``.
         """
-        if self.objective not in SM_OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(SM_OBJECTIVES)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if callable(data):
             if dim is None:
                 raise ValueError("pass dim= when data is a sampler")
@@ -112,21 +125,9 @@ class ScoreMatchingEBM:
             # Initialize the network from the generator's stream so a seeded fit is reproducible.
             torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
         self.energy_ = MLPEnergy(dim, self.hidden)
-        optimizer = torch.optim.Adam(self.energy_.parameters(), lr=self.lr)
-        self.history_: list[float] = []
-        for _ in tqdm(range(self.steps), disable=not progress, desc=f"SM-EBM {self.objective}"):
-            if callable(data):
-                batch = data(self.batch_size, generator)
-            else:
-                index = torch.randint(0, data.shape[0], (self.batch_size,), generator=generator)
-                batch = data[index]
-            loss = score_matching_loss(self.energy_, batch, self.objective, sigma=self.sigma,
-                                       xi=self.xi, n_projections=self.n_projections,
-                                       energy_reg=self.energy_reg, generator=generator).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            self.history_.append(loss.item())
+        fit = _ScoreMatchingFit(self.energy_, self).fit(data, self.steps, self.batch_size,
+                                                         generator, progress)
+        self.history_: list[float] = fit.history_
         return self
 
     def score_samples(self, x: Tensor) -> Tensor:
@@ -145,7 +146,8 @@ class ScoreMatchingEBM:
         """MALA chains on the learned density, for evaluation.
 
         Local chains do not cross between well-separated modes: their occupancy reflects where
-        they started, not the model's mode weights (use :func:`grid_mode_weights` for those).
+        they started, not the model's mode weights (use
+        :func:`flowmc_ebm.diagnostics.grid_quadrature` for those).
 
         Args:
             x0: Initial positions, shape ``[chains, D]``.
@@ -165,67 +167,3 @@ class ScoreMatchingEBM:
         kernel = samplers.MALA(log_prob, step_size)
         return samplers.sample(kernel, x0, n_steps, warmup=warmup, progress=False,
                                generator=generator)
-
-
-class GridWeights(NamedTuple):
-    """Mode weights by grid quadrature.
-
-    Attributes:
-        weights: Mass of each mode's region, shape ``[K]``, summing to 1.
-        edge_mass: Share of the mass in the grid's outermost ring of cells: well above 0 means
-            the box cuts off mass and the weights are not to be trusted.
-    """
-
-    weights: Tensor
-    edge_mass: float
-
-
-def grid_mode_weights(
-    energy: Callable[[Tensor], Tensor],
-    assign: Callable[[Tensor], Tensor],
-    n_modes: int,
-    low: float = -4.0,
-    high: float = 4.0,
-    n_grid: int = 400,
-    dtype: torch.dtype = torch.float32,
-) -> GridWeights:
-    """Mode weights of ``p ∝ exp(−E)`` on ``R²`` by quadrature on a square grid.
-
-    Each cell centre is given to the mode ``assign`` names (e.g. a target's ``assign``, which
-    splits the plane between its components) and carries mass ``exp(−E)`` times the cell area;
-    the weights are the normalized sums. Exact up to the box's cut-off (see ``edge_mass``) and a
-    discretization error that shrinks with the cell size.
-
-    Args:
-        energy: ``[n, 2] -> [n]``.
-        assign: ``[n, 2] -> [n]`` mode indices in ``[0, n_modes)``.
-        n_modes: ``K``.
-        low: Lower bound of the box in both coordinates.
-        high: Upper bound.
-        n_grid: Cells per side.
-        dtype: Dtype of the grid points handed to ``energy`` (the energy's own).
-
-    Returns:
-        :class:`GridWeights`.
-
-    Example:
-        >>> from flowmc_ebm.targets import TwoModes
-        >>> target = TwoModes()
-        >>> result = grid_mode_weights(lambda x: -target.log_prob(x), target.assign, 2)
-        >>> [round(w, 3) for w in result.weights.tolist()], result.edge_mass < 1e-6
-        ([0.333, 0.667], True)
-    """
-    edges = torch.linspace(low, high, n_grid + 1, dtype=torch.float64)
-    centers = 0.5 * (edges[1:] + edges[:-1])
-    grid = torch.cartesian_prod(centers, centers)
-    points = grid.to(dtype)
-    with torch.no_grad():
-        log_mass = torch.cat([log_density_from_energy(energy(chunk)).double()
-                              for chunk in points.split(65536)])
-        modes = torch.cat([assign(chunk) for chunk in points.split(65536)])
-    mass = torch.exp(log_mass - log_mass.max())
-    total = mass.sum()
-    weights = torch.zeros(n_modes, dtype=torch.float64).index_add_(0, modes.cpu(), mass.cpu())
-    on_edge = mass.reshape(n_grid, n_grid)
-    edge = on_edge.sum() - on_edge[1:-1, 1:-1].sum()
-    return GridWeights((weights / total).float(), float(edge / total))

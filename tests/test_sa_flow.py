@@ -211,7 +211,7 @@ def test_training_by_the_energy_score_fits_a_correlated_gaussian(loss, blocks, m
     trainer.fit(data, steps=300, batch_size=128, generator=torch.Generator().manual_seed(3))
     after = held_out_loss()
     assert after < before - 0.3, (before, after)
-    samples = trainer.ema.sample(4000, torch.Generator().manual_seed(4))
+    samples = trainer.ema.average.sample(4000, torch.Generator().manual_seed(4))
     assert (samples.mean(0) - mean).abs().max() < 0.1
     # A 300-step fit: covariance entries within 0.15 (sampling error of a 4000-draw estimate ~0.03).
     torch.testing.assert_close(torch.cov(samples.T), chol @ chol.T, atol=0.15, rtol=0)
