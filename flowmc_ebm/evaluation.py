@@ -133,6 +133,15 @@ class ChainSnapshots:
         self.iterations.append(trainer.iteration_)
         self.positions.append(trainer.pool_[:self.n_chains].detach().cpu().clone())
 
+    def state_dict(self) -> dict:
+        """Plain data for a checkpoint, so a resumed run computes R̂ on all its snapshots."""
+        return {"n_chains": self.n_chains, "iterations": list(self.iterations),
+                "positions": torch.stack(self.positions) if self.positions else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n_chains, self.iterations = state["n_chains"], list(state["iterations"])
+        self.positions = [] if state["positions"] is None else list(state["positions"].unbind(0))
+
     def chains(self, since: int = 0) -> Tensor:
         """Snapshots taken at iteration ``>= since``, as ``(chains, draws, dim)``."""
         kept = [x for i, x in zip(self.iterations, self.positions, strict=True) if i >= since]

@@ -13,7 +13,13 @@ Output directory layout::
 
 A directory that already holds a run is never written over: ``--resume`` continues it from the
 newest checkpoint that reads (a truncated or corrupt newer one is named on stderr and skipped).
-A run killed before its first checkpoint resumes from the start.
+A run killed before its first checkpoint resumes from the start. The same command line with
+``--resume`` added is accepted (what a job scheduler re-runs); a setting that differs from the
+saved config is refused, naming it, except the length (``--epochs``, ``--iterations``).
+
+One process writes OUT at a time (`samplers.rundir.RunLock` on OUT, taken before anything is
+checked or written); every file is written atomically (`samplers.rundir.atomic_write`).
+SIGINT/SIGTERM stop the run after the current iteration with a checkpoint and exit 130/143.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -41,6 +48,9 @@ from flowmc_ebm.evaluation import (
     weight_figure,
 )
 from flowmc_ebm.trainer import JointTrainer
+from flowmc_ebm.training import run as run_directory
+from flowmc_ebm.training.run import TrainingInterrupted
+from samplers.rundir import RunLock, atomic_write, sweep_leftovers
 
 HELP = "train an EBM (flowMC-EBM, ULA-PCD, MALA-PCD or NT-EBM) on a known target"
 
@@ -65,9 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig the flags describe: defaults, then ``--config``, then the flags."""
-    config = load_config(args.config) if args.config is not None else RunConfig()
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """The RunConfig the flags describe: ``base`` (default: the defaults), then ``--config``,
+    then the flags."""
+    config = load_config(args.config) if args.config is not None else (base or RunConfig())
     overrides: dict[str, Any] = {}
     for flag, key in [("target", "target"), ("sampler", "sampler"), ("epochs", "epochs"),
                       ("alpha", "trainer.energy_l2")]:
@@ -103,7 +114,8 @@ def _json_ready(value: Any) -> Any:
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(_json_ready(value), indent=1) + "\n", encoding="utf-8")
+    """Atomically (a full disk leaves the previous file, and the error names it)."""
+    atomic_write(path, (json.dumps(_json_ready(value), indent=1) + "\n").encode("utf-8"))
 
 
 def focus_mode(target: Any) -> int:
@@ -136,6 +148,20 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
         TrainingDivergedError: training diverged beyond ``trainer.max_restarts`` restarts; the
             checkpoints written before are good.
     """
+    if out is None:
+        return _train(config, None, resume, progress, snapshot_chains, callbacks)
+    if resume and not out.is_dir():
+        raise ValueError(f"nothing to resume: {out} does not exist")
+    make_output_directory(out)
+    # The lock first: the checks below and every write after are then one process's.
+    with RunLock(out):
+        sweep_leftovers(out)
+        return _train(config, out, resume, progress, snapshot_chains, callbacks)
+
+
+def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
+           snapshot_chains: int, callbacks: tuple[Callable, ...]
+           ) -> tuple[JointTrainer, dict[str, Any]]:
     directory = out / CHECKPOINT.parent if out is not None else None
     has_checkpoint = directory is not None and bool(
         list_checkpoints(directory) or (directory / LATEST).exists())
@@ -155,8 +181,6 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
             checkpoint = latest_checkpoint(directory)
         for warning in skipped:
             print(f"warning: {warning.message}", file=sys.stderr)
-    if out is not None:
-        make_output_directory(out)
     target, data = make_data(config)
     if checkpoint is not None:
         trainer = JointTrainer.load(checkpoint)
@@ -170,20 +194,24 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
                                            trainer_config)
     remaining = config.n_iterations - trainer.iteration_
     snapshots = ChainSnapshots(snapshot_chains)
+    all_callbacks = (snapshots, *callbacks)
     if out is not None:
         write_json(out / "config.json", config.to_dict())
     start = time.perf_counter()
     if remaining > 0:
-        trainer.fit(data, n_iterations=remaining, target=target,
-                    callbacks=(snapshots, *callbacks),
+        trainer.fit(data, n_iterations=remaining, target=target, callbacks=all_callbacks,
                     checkpoint_dir=directory,
                     checkpoint_every=config.checkpoint_every, progress=progress)
-    wall = time.perf_counter() - start
+    else:  # nothing left to train (e.g. killed while writing the summary): the report only
+        run_directory.resume(trainer, all_callbacks)
     mode = focus_mode(target)
     truth = float(target.weights[mode])
+    # wall_time: seconds of training summed over the processes of a resumed run.
     summary = {"sampler": config.sampler, "target": config.target, "mode": mode, "truth": truth,
                **last_quarter_summary(trainer.history_, mode, truth, snapshots),
-               "wall_time": wall, "config": config.to_dict()}
+               "wall_time": trainer.elapsed_,
+               "wall_time_process": time.perf_counter() - start,
+               "resumptions": trainer.resumptions_, "config": config.to_dict()}
     if out is not None:
         write_json(out / "history.json", trainer.history_)
         write_json(out / "summary.json", summary)
@@ -196,14 +224,19 @@ def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: P
                   label: str) -> None:
     """``landscape.png`` and ``weights.png`` of one 2-D run."""
     mode = focus_mode(target)
-    landscape_figure([("target", target.log_prob), (f"{label}-EBM", trainer.log_prob)],
-                     out / "landscape.png", data=data, points=[None, trainer.pool_],
-                     device=trainer.device)
-    h = trainer.history_
-    if h.get("ebm_mode_weights"):
-        weights = [w[mode] for w in h["ebm_mode_weights"]]
-        weight_figure([(f"{label}-EBM (quadrature)", h["eval_iteration"], weights)],
-                      float(target.weights[mode]), out / "weights.png")
+    # Drawn in a scratch directory, then moved in atomically like every file of a run.
+    with tempfile.TemporaryDirectory() as scratch:
+        drawn = landscape_figure(
+            [("target", target.log_prob), (f"{label}-EBM", trainer.log_prob)],
+            Path(scratch) / "landscape.png", data=data, points=[None, trainer.pool_],
+            device=trainer.device)
+        atomic_write(out / "landscape.png", drawn.read_bytes())
+        h = trainer.history_
+        if h.get("ebm_mode_weights"):
+            weights = [w[mode] for w in h["ebm_mode_weights"]]
+            drawn = weight_figure([(f"{label}-EBM (quadrature)", h["eval_iteration"], weights)],
+                                  float(target.weights[mode]), Path(scratch) / "weights.png")
+            atomic_write(out / "weights.png", drawn.read_bytes())
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -219,30 +252,53 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['wall_time']:.0f} s")
 
 
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "target_options":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+#: Keys a resumed run may change: its length.
+LENGTH_KEYS = ("epochs", "iterations")
+
+
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The saved config of ``--out``, with the length the flags ask for.
+
+    The flags (and ``--config``) are read as for a new run on top of the saved config; any
+    setting they change other than the length is refused, naming it with both values.
+    """
+    saved_path = args.out / "config.json"
+    if not saved_path.is_file():
+        raise ValueError(f"nothing to resume: {saved_path} does not exist")
+    try:
+        saved = RunConfig.from_dict(json.loads(saved_path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise type(err)(f"{saved_path}: not a readable run config: {err}") from None
+    wanted = config_from_args(args, base=saved)
+    old, new = _flat(saved.to_dict()), _flat(wanted.to_dict())
+    for key in old:
+        if key not in LENGTH_KEYS and old[key] != new[key]:
+            raise ValueError(f"--resume: {key} is {new[key]!r} on this command line but "
+                             f"{old[key]!r} in the saved run ({saved_path}); only --epochs or "
+                             "--iterations may change")
+    return saved.replace({k: new[k] for k in LENGTH_KEYS})
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.resume:
-        saved = args.out / "config.json"
-        if args.config is not None or args.set or any(
-                getattr(args, k) is not None for k in ("target", "sampler", "seed", "alpha")):
-            raise ValueError("--resume continues the run in --out with its saved config; only "
-                             "--epochs or --iterations may change")
-        if not saved.exists():
-            raise ValueError(f"nothing to resume: {saved} does not exist")
-        try:
-            config = RunConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
-            raise type(err)(f"{saved}: not a readable run config: {err}") from None
-        length = {}
-        if args.iterations is not None:
-            length = {"iterations": args.iterations}
-        elif args.epochs is not None:
-            length = {"epochs": args.epochs, "iterations": 0}
-        config = config.replace(length) if length else config
-    else:
-        config = config_from_args(args)
+    config = resume_config(args) if args.resume else config_from_args(args)
     # stdout: stderr is kept for warnings and the one line of an error.
     print(f"training {config.sampler}-EBM on {config.target}: {config.n_iterations} iterations "
           f"-> {args.out}", flush=True)
-    _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress)
+    try:
+        _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress)
+    except TrainingInterrupted as stop:
+        print(f"flowmc-ebm train: {stop}; resume with: flowmc-ebm train --resume --out "
+              f"{args.out}", file=sys.stderr, flush=True)
+        return stop.exit_code
     print(f"{config.sampler}-EBM: {format_summary(summary)}")
     return 0
