@@ -102,6 +102,16 @@ def grid_log_density(
         >>> round(float(np.exp(grid.log_density).sum() * grid.cell_area), 6)
         1.0
     """
+    x, y, values = _grid_values(log_prob, bounds, n_grid, dtype, device, nan)
+    cell_area = float((x[1] - x[0]) * (y[1] - y[0]))
+    log_p = torch.log_softmax(values, 0) - np.log(cell_area)
+    return GridDensity(x, y, log_p.numpy().reshape(len(y), len(x)))
+
+
+def _grid_values(log_prob: Any, bounds: Any, n_grid: int, dtype: torch.dtype | None,
+                 device: torch.device | str | None, nan: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Cell centers and the unnormalized float64 log-density at them (row-major ``[iy, ix]``,
+    NaN cells at ``-inf`` under ``nan="zero"``), checked as `grid_log_density` documents."""
     if nan not in ("raise", "zero"):
         raise ValueError(f"nan must be 'raise' or 'zero'; received {nan!r}.")
     if int(n_grid) < 3:
@@ -119,18 +129,16 @@ def grid_log_density(
                 for chunk in points.split(CHUNK)
             ]
         )
-    log_p = values.numpy().reshape(n_grid, n_grid)
-    n_nan = int(np.isnan(log_p).sum())
+    n_nan = int(values.isnan().sum())
     if n_nan and nan == "raise":
         raise ValueError(f"log_prob returned NaN at {n_nan} grid points.")
     if n_nan:
-        log_p = np.where(np.isnan(log_p), -np.inf, log_p)
-    if np.isposinf(log_p).any():
-        raise ValueError(f"log_prob returned +inf at {int(np.isposinf(log_p).sum())} grid points.")
-    if not np.isfinite(log_p).any():
+        values = values.nan_to_num(nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+    if values.isposinf().any():
+        raise ValueError(f"log_prob returned +inf at {int(values.isposinf().sum())} grid points.")
+    if not values.isfinite().any():
         raise ValueError("log_prob is not finite anywhere on the grid: no mass to normalize.")
-    log_p = log_p - _logsumexp(log_p) - np.log(grid.cell_area)
-    return GridDensity(x, y, log_p)
+    return x, y, values
 
 
 def grid_quadrature(
@@ -171,13 +179,17 @@ def grid_quadrature(
         >>> result.weights.round(3).tolist(), result.edge_mass < 1e-6
         ([0.5, 0.5], True)
     """
-    grid = grid_log_density(log_prob, bounds, n_grid, dtype=dtype, device=device, nan=nan)
+    x, y, values = _grid_values(log_prob, bounds, n_grid, dtype, device, nan)
+    grid = GridDensity(x, y, np.zeros((len(y), len(x))))
     points = grid.points if dtype is None else torch.as_tensor(grid.points, dtype=dtype)
     labels = mode_labels(points, assign, n_modes)
     k = infer_n_modes(assign, labels, n_modes)
-    mass = np.exp(grid.log_density.ravel()) * grid.cell_area
-    weights = np.bincount(labels, weights=mass, minlength=k)
-    return GridWeights(weights / weights.sum(), grid.edge_mass)
+    # Normalized by one softmax, summed in grid order: the trainer's recorded weights are these bits.
+    mass = torch.softmax(values, 0)
+    weights = torch.bincount(torch.as_tensor(labels), weights=mass, minlength=k)
+    ring = mass.reshape(len(y), len(x))
+    edge = max(0.0, float((ring.sum() - ring[1:-1, 1:-1].sum()) / ring.sum()))
+    return GridWeights(weights.numpy(), edge)
 
 
 def grid_mode_weights(
@@ -216,8 +228,3 @@ def _bounds(bounds: Any) -> tuple[tuple[float, float], tuple[float, float]]:
             f"[-L, L]^2; received {bounds!r}."
         )
     return (b[0, 0], b[0, 1]), (b[1, 0], b[1, 1])
-
-
-def _logsumexp(a: np.ndarray) -> float:
-    m = np.max(a)
-    return float(m + np.log(np.sum(np.exp(a - m))))
