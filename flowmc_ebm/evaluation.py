@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,7 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ChainSnapshots", "grid", "landscape_figure", "last_quarter_summary", "max_rhat",
+from flowmc_ebm.diagnostics.grid import grid_log_density, grid_quadrature
+from flowmc_ebm.diagnostics.mixing import max_rhat as diagnostics_max_rhat
+
+__all__ = ["ChainSnapshots", "landscape_figure", "last_quarter_summary", "max_rhat",
            "quadrature_mode_weights", "sample_mode_weights", "weight_figure"]
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]
@@ -37,36 +39,15 @@ DEFAULT_BOUNDS: Bounds = ((-4.5, 4.5), (-4.5, 4.5))
 Curve = tuple[str, Sequence[float], Sequence[float]]
 
 
-def grid(bounds: Bounds = DEFAULT_BOUNDS, n_grid: int = 128) -> tuple[Tensor, float]:
-    """Cell centers of a regular grid on a 2-D box.
-
-    Returns:
-        ``(points, cell_area)``: points ``(n_grid², 2)`` in row-major ``[iy, ix]`` order.
-    """
-    (x0, x1), (y0, y1) = bounds
-    xs = x0 + (torch.arange(n_grid, dtype=torch.float64) + 0.5) * (x1 - x0) / n_grid
-    ys = y0 + (torch.arange(n_grid, dtype=torch.float64) + 0.5) * (y1 - y0) / n_grid
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    area = (x1 - x0) * (y1 - y0) / n_grid**2
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), area
-
-
-def _log_density_on_grid(log_prob: Callable[[Tensor], Tensor], points: Tensor,
-                         device: torch.device | str | None = None) -> Tensor:
-    """``log_prob`` at float64 grid points, evaluated in float32 on ``device``, returned float64."""
-    with torch.no_grad():
-        return torch.cat([log_prob(chunk.to(device=device or "cpu", dtype=torch.float32))
-                          .double().cpu() for chunk in points.split(32768)])
-
-
 def quadrature_mode_weights(log_prob: Callable[[Tensor], Tensor], target,
                             bounds: Bounds = DEFAULT_BOUNDS, n_grid: int = 128,
                             device: torch.device | str | None = None) -> Tensor:
-    """Mode weights of a 2-D unnormalized density by quadrature on a grid.
+    """Mode weights of a 2-D model by the package's one quadrature
+    (`flowmc_ebm.diagnostics.grid.grid_quadrature`), for a target object.
 
-    The density is normalized on the grid; each cell's mass goes to the mode
-    ``target.assign`` gives its center. Mass outside ``bounds`` is ignored (for the tilted EBM
-    of TwoModes it is below 1e-4 unless the energy grows a far-away well).
+    Float32 points, ``target.assign`` for the modes, NaN cells carrying no mass (an EBM in the
+    middle of training); mass outside ``bounds`` is ignored (below 1e-4 for the tilted EBM of
+    TwoModes unless the energy grows a far-away well).
 
     Args:
         log_prob: unnormalized log-density ``(n, 2) -> (n,)``, e.g. `JointTrainer.log_prob`.
@@ -78,14 +59,9 @@ def quadrature_mode_weights(log_prob: Callable[[Tensor], Tensor], target,
     Returns:
         Weights ``(n_modes,)``, float64, summing to 1.
     """
-    points, _ = grid(bounds, n_grid)
-    log_p = _log_density_on_grid(log_prob, points, device)
-    if not torch.isfinite(log_p).any():
-        raise ValueError("log_prob is not finite anywhere on the grid")
-    log_p = torch.nan_to_num(log_p, nan=-math.inf)
-    mass = torch.softmax(log_p, 0)
-    labels = target.assign(points.float()).cpu()
-    return torch.bincount(labels, weights=mass, minlength=target.n_modes)
+    result = grid_quadrature(log_prob, target.assign, bounds, n_grid, n_modes=target.n_modes,
+                             dtype=torch.float32, device=device, nan="zero")
+    return torch.from_numpy(result.weights)
 
 
 def sample_mode_weights(samples: Tensor, target) -> Tensor:
@@ -151,27 +127,11 @@ class ChainSnapshots:
 
 
 def max_rhat(chains: Tensor) -> float:
-    """Largest rank-normalized split R̂ over coordinates of chains ``(chains, draws, dim)``.
-
-    Uses `flowmc_ebm.diagnostics` when it is installed, ArviZ directly otherwise; NaN when there
-    are fewer than 4 draws.
-    """
+    """`flowmc_ebm.diagnostics.max_rhat` of chains ``(chains, draws, dim)``; NaN when there are
+    fewer than 2 chains or 4 draws (e.g. a run shorter than a few ``log_every``)."""
     if chains.ndim != 3 or chains.shape[0] < 2 or chains.shape[1] < 4:
         return math.nan
-    x = chains.double().numpy()
-    with warnings.catch_warnings():
-        # ArviZ warns when there are more chains than draws, our usual layout (many short chains);
-        # split R-hat is well defined there.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            from flowmc_ebm.diagnostics import max_rhat as diagnostics_max_rhat
-        except ImportError:
-            import arviz
-
-            values = arviz.rhat(arviz.convert_to_dataset({"x": x}), method="rank")["x"]
-            return float(np.nanmax(np.asarray(values)))
-        return diagnostics_max_rhat(x)
+    return diagnostics_max_rhat(chains.double().numpy())
 
 
 def last_quarter_summary(history: dict[str, list], mode: int, truth: float,
@@ -239,15 +199,14 @@ def landscape_figure(panels: Sequence[tuple[str, Callable[[Tensor], Tensor]]], p
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    pts, area = grid(bounds, n_grid)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     (x0, x1), (y0, y1) = bounds
     for i, (ax, (title, log_prob)) in enumerate(zip(axes[0], panels, strict=True)):
-        log_p = _log_density_on_grid(log_prob, pts, device)
-        log_density = torch.log_softmax(torch.nan_to_num(log_p, nan=-math.inf), 0) - math.log(area)
+        log_density = grid_log_density(log_prob, bounds, n_grid, dtype=torch.float32, device=device,
+                                       nan="zero").log_density
         # Log scale, clipped 10 nats below the peak: a sharp spike would black out a linear map.
         top = float(log_density.max())
-        ax.imshow(log_density.reshape(n_grid, n_grid).clamp_min(top - 10).numpy(), origin="lower",
+        ax.imshow(np.maximum(log_density, top - 10), origin="lower",
                   extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal", vmin=top - 10, vmax=top)
         if data is not None:
             shown = data[:300].detach().cpu().numpy()
