@@ -43,14 +43,15 @@ from typing import Any
 import torch
 import zuko
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 import samplers
 from flowmc_ebm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowmc_ebm.config import ModelConfig, TrainerConfig
-from flowmc_ebm.energies import MLPEnergy
+from flowmc_ebm.energies import FlowTiltedEnergy, MLPEnergy
 from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm.objectives.contrastive import contrastive_loss
-from flowmc_ebm.training import guard, run
+from flowmc_ebm.training import guard, run, tilts
 from flowmc_ebm.training.guard import TrainingDivergedError, grad_norm
 from flowmc_ebm.training.methods import Method, get_method
 from flowmc_ebm.training.run import CHECKPOINT_KIND as _CHECKPOINT_KIND
@@ -83,10 +84,14 @@ class JointTrainer:
             defaults are the paper's two-mode settings.
         model_config: how ``energy`` and ``flow`` were built, when by `from_config`; a checkpoint
             keeps it so `load` can rebuild them.
+        tilt: the EBM's tilt ``λ`` instead of the flow's base: a ``Distribution`` or a frozen
+            zuko flow (see `flowmc_ebm.training.tilts`); or leave it None and set
+            ``config.tilt`` to have one fitted to the data at the first `fit`.
         **knobs: `TrainerConfig` fields overriding ``config``, e.g. ``energy_l2=0.1``.
 
     Attributes:
         model: the tilted model whose ``log_prob`` the chains sample.
+        tilt: the tilt when it is not the flow's base (else None).
         kernel: the `samplers.Kernel` advancing the chains.
         pool_: the persistent chains ``(pool_size, dim)`` (None before the first `fit`).
         iteration_: iterations done so far.
@@ -98,7 +103,8 @@ class JointTrainer:
 
     def __init__(self, energy: nn.Module, flow: zuko.lazy.Flow,
                  sampler: str | KernelFactory = "flowmc", config: TrainerConfig | None = None,
-                 *, model_config: ModelConfig | None = None, **knobs: Any) -> None:
+                 *, model_config: ModelConfig | None = None,
+                 tilt: Distribution | zuko.lazy.Flow | None = None, **knobs: Any) -> None:
         if not isinstance(energy, nn.Module) or not any(True for _ in energy.parameters()):
             raise TypeError("energy must be an nn.Module with parameters mapping (n, dim) to (n,); "
                             f"received {type(energy).__name__}")
@@ -131,11 +137,17 @@ class JointTrainer:
         self.model = self.method.tilt(energy, flow)
         self.kernel = self.method.kernel(self.model.log_prob, flow, self.config)
         self._steps = self.method.steps(self.config)
+        self.pool_: Tensor | None = None
+        self.tilt: Distribution | zuko.lazy.Flow | None = None  # None: the flow's base
+        if tilt is not None:
+            tilts.install(self, tilt)
+        elif self.config.tilt != "base" and self.method.tilt is FlowTiltedEnergy:
+            raise ValueError(f"trainer.tilt = {self.config.tilt!r}: the {self.method.name!r} "
+                             f"method tilts by its own flow fitted to the data; use 'base'")
         self.config.lr_factor(0)  # a decay without a length is refused here, not mid-run
         self.opt_energy = torch.optim.Adam(energy.parameters(), lr=self.config.lr_energy)
         self.opt_flow = torch.optim.Adam(flow.parameters(), lr=self.config.lr_flow)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.pool_: Tensor | None = None
         self.iteration_ = 0
         self.history_: dict[str, list] = {}
         self._order: Tensor | None = None  # this epoch's permutation of the data
@@ -223,7 +235,8 @@ class JointTrainer:
         return trace if return_trace else trace.samples[:, -1].to(self.device)
 
     def _draw_base(self, n: int, generator: torch.Generator) -> Tensor:
-        x, _ = draw(base_distribution(self.flow), (n,), generator)
+        x, _ = draw(self.tilt if self.tilt is not None else base_distribution(self.flow), (n,),
+                    generator)
         return x
 
     def _draw_flow(self, n: int) -> Tensor:
@@ -333,6 +346,10 @@ class JointTrainer:
             if not callable(callback):
                 raise TypeError(f"callbacks must be callables; received {type(callback).__name__}")
 
+        if self.pool_ is None and self.tilt is None and self.config.tilt != "base":
+            tilts.install(self, tilts.fit_tilt(self.config.tilt, data, seed=self.config.seed,
+                                               model_config=self.model_config,
+                                               steps=self.config.tilt_steps))
         run.fit_loop(self, data, total, target, callbacks, checkpoint_dir, checkpoint_every,
                      progress)
         return self.history_
@@ -455,6 +472,7 @@ class JointTrainer:
             "sampler": self._sampler_name(),
             "energy": self.energy.state_dict(),
             "flow": self.flow.state_dict(),
+            "tilt": tilts.tilt_state(self.tilt),
             "opt_energy": self.opt_energy.state_dict(),
             "opt_flow": self.opt_flow.state_dict(),
             "generator": self.generator.get_state(),
@@ -521,6 +539,9 @@ class JointTrainer:
                 model_config = (ModelConfig(**state["model_config"])
                                 if state["model_config"] is not None else None)
                 trainer = cls(energy, flow, sampler, config, model_config=model_config)
+            if state.get("tilt") is not None:
+                tilts.install(trainer, tilts.restore_tilt(state["tilt"], state["dim"],
+                                                          trainer.model_config))
             trainer.energy.load_state_dict(state["energy"])
             trainer.flow.load_state_dict(state["flow"])
             trainer.opt_energy.load_state_dict(state["opt_energy"])

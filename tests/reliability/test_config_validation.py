@@ -48,6 +48,9 @@ TRAINER = {
                         r"must be <= 1 \(the rates decay\); received 1.5"),
     "energy_l2": (False, "must be a number; received False", -0.1,
                   "must be >= 0.0; received -0.1"),
+    "tilt": (1, "must be a string; received 1",
+             "wide", "must be one of base, gaussian, flow; received 'wide'"),
+    "tilt_steps": (10.0, "must be an int; received 10.0", 0, "must be >= 1; received 0"),
     "seed": (1.0, "must be an int; received 1.0", -1, "must be >= 0; received -1"),
     "log_every": ("50", "must be an int; received '50'", 0, "must be >= 1; received 0"),
     "eval_every": (0.5, "must be an int; received 0.5", -1, "must be >= 0; received -1"),
@@ -193,5 +196,5 @@ def test_every_field_has_a_row_and_the_defaults_are_valid():
         assert set(table) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
     assert RunConfig() == RunConfig.from_dict({})
     counts = {kind: len(list(cases(kind))) for kind in ("type", "range")}
-    assert counts == {"type": 38, "range": 36}
-    assert len(list(misspellings())) == 38
+    assert counts == {"type": 40, "range": 38}
+    assert len(list(misspellings())) == 40
