@@ -2,12 +2,16 @@
 mode weights.
 
 The MCMC kernels live in the sibling package `samplers` (usable on any torch log-density); this
-package holds the models (`targets`, `energies`, `flows`), the training (`trainer`, `objectives`)
-and the answers (`diagnostics`, `plots`, the ``flowmc-ebm`` CLI).
+package holds the models (`targets`, `energies`, `flows`), the training (`training`, `objectives`),
+the answers (`diagnostics`, `plots`, the ``flowmc-ebm`` CLI) and the scikit-learn front door
+(`FlowMCEBM`: fit, normalized ``score_samples``, ``sample``).
 """
+
+from importlib import metadata as _metadata
 
 from flowmc_ebm import diagnostics
 from flowmc_ebm.energies import ConvEnergy, FlowTiltedEnergy, MLPEnergy, TiltedEnergy
+from flowmc_ebm.estimator import FlowMCEBM
 from flowmc_ebm.flows import make_flow
 from flowmc_ebm.targets import (
     EightGaussians,
@@ -20,8 +24,12 @@ from flowmc_ebm.targets import (
 )
 from flowmc_ebm.trainer import JointTrainer, TrainingDivergedError
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("flowmc-ebm")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree never installed
+    __version__ = "0+unknown"
 
-__all__ = ["ConvEnergy", "EightGaussians", "FlowTiltedEnergy", "FourModes", "GaussianMixture",
-           "HighDimMixture", "JointTrainer", "MLPEnergy", "Rings", "TiltedEnergy", "TwoModes", "diagnostics",
-           "TrainingDivergedError", "get_target", "make_flow"]
+__all__ = ["ConvEnergy", "EightGaussians", "FlowMCEBM", "FlowTiltedEnergy", "FourModes",
+           "GaussianMixture", "HighDimMixture", "JointTrainer", "MLPEnergy", "Rings", "TiltedEnergy",
+           "TrainingDivergedError", "TwoModes", "__version__", "diagnostics", "get_target",
+           "make_flow"]

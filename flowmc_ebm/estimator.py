@@ -1,0 +1,463 @@
+"""`FlowMCEBM`: a flowMC-EBM as a scikit-learn density estimator, with normalized log-densities.
+
+The estimator wraps `flowmc_ebm.training.JointTrainer`: `fit` trains the energy and its flow on
+the rows of ``X``; `score_samples` returns the *normalized* log-density ``log p̃(x) − log Z``,
+where ``log Z`` is estimated once after training by importance sampling with the trained flow as
+the proposal (defensively mixed with the flow's Gaussian base, so mass the flow missed still
+shows up in the weights). ``log Z`` comes with its delta-method standard error and the Pareto
+k̂ of the log-weights (ArviZ's ``psislw``); above 0.7 the estimate, and so every normalized
+density, is not to be trusted and a `UnreliableNormalizerWarning` says so.
+
+Scikit-learn's conventions hold: parameters are stored as given and checked in `fit`; `fit`
+returns ``self``; learned attributes end in ``_``; `sklearn.base.clone`, ``get_params`` and
+``set_params`` work, so the estimator sits at the end of a `Pipeline` (e.g. after a
+`StandardScaler`: the densities are then those of the scaled data). ``X`` may be a NumPy array
+or a torch tensor; `sample` and `score_samples` answer in the kind `fit` received.
+
+Example:
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(256, 2))
+    >>> ebm = FlowMCEBM(n_iterations=30, pool_size=64).fit(X)
+    >>> ebm.score_samples(X[:3]).shape, ebm.sample(4).shape
+    ((3,), (4, 2))
+    >>> bool(abs(ebm.log_normalizer_) < 1.0)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor, nn
+
+from flowmc_ebm.config import SAMPLERS, ModelConfig, TrainerConfig
+from flowmc_ebm.diagnostics import _arviz
+from flowmc_ebm.diagnostics.weights import (
+    KHAT_THRESHOLD,
+    ModeWeights,
+    _defensive_propose_and_weigh,
+    _propose_and_weigh,
+    importance_mode_weights,
+    mode_weights,
+)
+from flowmc_ebm.flows import base_distribution, make_flow
+from flowmc_ebm.training import JointTrainer
+
+__all__ = ["FlowMCEBM", "LogNormalizer", "UnreliableNormalizerWarning", "importance_log_normalizer"]
+
+#: `TrainerConfig` fields the estimator sets from its own parameters (not via ``trainer_options``).
+_OWN_KNOBS = ("pool_size", "batch_size", "n_negatives", "mcmc_steps", "lr_energy", "lr_flow",
+              "lr_decay", "lr_decay_iterations", "energy_l2", "seed")
+
+
+class UnreliableNormalizerWarning(UserWarning):
+    """The importance-sampling ``log Z`` has Pareto k̂ > 0.7: normalized densities are unreliable."""
+
+
+class LogNormalizer(NamedTuple):
+    """An importance-sampling estimate of ``log Z = log ∫ p̃``.
+
+    Attributes:
+        log_z: ``log((1/n) Σ w_i)``.
+        se: its delta-method standard error, ``sd(w) / (mean(w) √n)``.
+        pareto_k: Pareto k̂ of the log-weights (ArviZ ``psislw``); above 0.7 neither ``log_z``
+            nor ``se`` can be trusted.
+        ess: Kish effective sample size of the weights, ``(Σ w)² / Σ w²``.
+        n: proposals drawn.
+    """
+
+    log_z: float
+    se: float
+    pareto_k: float
+    ess: float
+    n: int
+
+
+def importance_log_normalizer(log_prob: Callable[[Tensor], Tensor], proposal: Any, n: int, *,
+                              reference: Any = None, defensive: float = 0.1,
+                              seed: int | None = None, batch_size: int = 8192) -> LogNormalizer:
+    """``log Z`` of an unnormalized density by importance sampling, with its SE and Pareto k̂.
+
+    The draws and weights are those of `flowmc_ebm.diagnostics.importance_mode_weights` (the same
+    code): ``x_i ~ q`` (or the defensive mixture ``(1 − defensive) q + defensive · reference``),
+    ``w_i = p̃(x_i) / q(x_i)``. Draws whose weight is not finite count as weight 0.
+
+    Args:
+        log_prob: unnormalized log-density ``x[n, dim] -> [n]``.
+        proposal: a torch ``Distribution`` or a module returning one (a zuko flow).
+        n: proposals, >= 2.
+        reference: a broad distribution for defensive importance sampling, or None.
+        defensive: share of the draws from ``reference``.
+        seed: draws under this torch seed without touching the global random state.
+        batch_size: draws scored per batch.
+
+    Example:
+        >>> from torch.distributions import Independent, Normal
+        >>> q = Independent(Normal(torch.zeros(3), 2 * torch.ones(3)), 1)
+        >>> est = importance_log_normalizer(lambda x: -0.5 * x.square().sum(1), q, 20_000, seed=0)
+        >>> exact = 1.5 * math.log(2 * math.pi)
+        >>> bool(abs(est.log_z - exact) < 4 * est.se), est.pareto_k < 0.7
+        (True, True)
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (importance proposals); received {n!r}")
+    devices = []
+    if torch.cuda.is_available():
+        devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
+        if reference is None:
+            _, log_w = _propose_and_weigh(log_prob, proposal, n, batch_size)
+        else:
+            if not 0.0 < defensive < 1.0:
+                raise ValueError(f"defensive must be a share in (0, 1); received {defensive!r}")
+            n_ref = max(1, round(defensive * n))
+            _, log_w = _defensive_propose_and_weigh(log_prob, proposal, reference, n - n_ref,
+                                                    n_ref, batch_size)
+    finite = np.isfinite(log_w)
+    if not finite.any():
+        raise ValueError("all importance log-weights are NaN or infinite: the proposal and the "
+                         "model share no support (or the model's log-density is NaN)")
+    top = log_w[finite].max()
+    w = np.where(finite, np.exp(np.where(finite, log_w, top) - top), 0.0)
+    mean = w.mean()
+    se = float(w.std(ddof=1) / (mean * math.sqrt(n)))
+    return LogNormalizer(float(top + math.log(mean)), se, _arviz.pareto_khat(log_w[finite]),
+                         float(w.sum() ** 2 / np.square(w).sum()), n)
+
+
+class FlowMCEBM(DensityMixin, BaseEstimator):
+    """An energy-based model trained by flowMC-EBM (or a baseline), as a density estimator.
+
+    Args:
+        method: ``"flowmc"`` (flowMC-EBM), ``"ula"`` (ULA-PCD), ``"mala"`` (MALA-PCD) or
+            ``"nt"`` (NT-EBM).
+        energy: an energy network ``(n, d) -> (n,)`` (an ``nn.Module`` with parameters), copied
+            at each `fit`; None builds an `MLPEnergy` of widths ``energy_hidden``.
+        flow: a zuko flow on ``R^d``, copied at each `fit`; None builds one with
+            `flowmc_ebm.flows.make_flow` from ``flow_kind``, ``flow_transforms``, ``flow_hidden``
+            and ``base_scale``.
+        energy_hidden, flow_kind, flow_transforms, flow_hidden, base_scale: the default networks
+            (see `flowmc_ebm.config.ModelConfig`).
+        n_iterations: EBM steps; None means ``epochs`` passes over the data.
+        epochs: passes over the data (``n // batch_size`` steps each) when ``n_iterations`` is
+            None.
+        batch_size: data points per step (capped at the number of rows).
+        pool_size, n_negatives, mcmc_steps: persistent chains, chains advanced per step, kernel
+            steps per iteration (see `flowmc_ebm.config.TrainerConfig`).
+        lr_energy, lr_flow: Adam learning rates.
+        lr_decay: ``"cosine"``, ``"linear"`` or ``"none"``, over the whole run.
+        energy_l2: ``α`` of the energy regularizer.
+        trainer_options: other `TrainerConfig` fields, e.g. ``{"step_size": 0.05}``.
+        n_importance: importance draws for ``log Z`` after training.
+        defensive: share of those drawn from the flow's Gaussian base instead of the flow.
+        sample_steps: kernel steps `sample` runs by default from the persistent chains.
+        device: where the networks live (default CPU).
+        random_state: seed of the networks, the data order, the chains and ``log Z``'s draws
+            (an int; None means 0, so a fit is reproducible by default).
+        progress: show a progress bar while training.
+
+    Attributes:
+        energy_: the trained energy network.
+        flow_: the trained flow.
+        trainer_: the `JointTrainer` (persistent chains ``trainer_.pool_``).
+        history_: the trainer's per-iteration records (see `JointTrainer.fit`).
+        log_normalizer_: importance-sampling estimate of ``log Z`` of ``exp(log p̃)``.
+        log_normalizer_se_: its standard error.
+        pareto_k_: Pareto k̂ of the importance log-weights (> 0.7: do not trust ``log Z``).
+        importance_ess_: Kish effective sample size of those weights.
+        n_features_in_: the data dimension.
+        n_iterations_: EBM steps taken.
+
+    Example:
+        >>> from sklearn.pipeline import make_pipeline
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> X = np.random.default_rng(0).normal(3.0, 2.0, size=(128, 2))
+        >>> pipe = make_pipeline(StandardScaler(), FlowMCEBM(n_iterations=30, pool_size=64))
+        >>> pipe.fit(X).score_samples(X).shape
+        (128,)
+    """
+
+    def __init__(self, method: str = "flowmc", *, energy: nn.Module | None = None,
+                 flow: nn.Module | None = None, energy_hidden: tuple[int, ...] = (128, 128),
+                 flow_kind: str = "realnvp", flow_transforms: int = 4,
+                 flow_hidden: tuple[int, ...] = (64, 64), base_scale: float = 1.0,
+                 n_iterations: int | None = None, epochs: int = 20, batch_size: int = 64,
+                 pool_size: int = 1024, n_negatives: int = 64, mcmc_steps: int = 10,
+                 lr_energy: float = 0.01, lr_flow: float = 0.01, lr_decay: str = "cosine",
+                 energy_l2: float = 0.0, trainer_options: dict[str, Any] | None = None,
+                 n_importance: int = 20_000, defensive: float = 0.1, sample_steps: int = 100,
+                 device: str | None = None, random_state: int | None = 0,
+                 progress: bool = False) -> None:
+        self.method = method
+        self.energy = energy
+        self.flow = flow
+        self.energy_hidden = energy_hidden
+        self.flow_kind = flow_kind
+        self.flow_transforms = flow_transforms
+        self.flow_hidden = flow_hidden
+        self.base_scale = base_scale
+        self.n_iterations = n_iterations
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.pool_size = pool_size
+        self.n_negatives = n_negatives
+        self.mcmc_steps = mcmc_steps
+        self.lr_energy = lr_energy
+        self.lr_flow = lr_flow
+        self.lr_decay = lr_decay
+        self.energy_l2 = energy_l2
+        self.trainer_options = trainer_options
+        self.n_importance = n_importance
+        self.defensive = defensive
+        self.sample_steps = sample_steps
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------- fitting
+
+    def fit(self, X: Any, y: Any = None) -> FlowMCEBM:
+        """Train the EBM and its flow on the rows of ``X``, then estimate ``log Z``.
+
+        Args:
+            X: ``(n, d)`` NumPy array, array-like or torch tensor, finite.
+            y: ignored (scikit-learn's signature).
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError, TypeError: bad data (NaN/inf, not 2-D, no rows) or a bad parameter
+                (the message names it).
+            TrainingDivergedError: training diverged beyond the trainer's restarts.
+        """
+        self._torch_input = isinstance(X, Tensor)
+        data = self._validate(X, reset=True)
+        n, dim = data.shape
+        if self.method not in SAMPLERS:
+            raise ValueError(f"method must be one of {', '.join(SAMPLERS)}; received "
+                             f"{self.method!r}")
+        batch = min(self._positive("batch_size"), n)
+        total = self.n_iterations
+        if total is None:
+            total = self._positive("epochs") * max(n // batch, 1)
+        elif isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"n_iterations must be a positive int or None; received {total!r}")
+        for name in ("n_importance", "sample_steps"):
+            self._positive(name, minimum=2 if name == "n_importance" else 1)
+        if not isinstance(self.defensive, (int, float)) or not 0.0 <= self.defensive < 1.0:
+            raise ValueError(f"defensive must be a share in [0, 1); received {self.defensive!r}")
+        options = dict(self.trainer_options or {})
+        clash = sorted(set(options) & set(_OWN_KNOBS))
+        if clash:
+            raise ValueError(f"trainer_options may not set {', '.join(clash)}: they are "
+                             "parameters of FlowMCEBM itself")
+        known = {f.name for f in fields(TrainerConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown trainer_options {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known - set(_OWN_KNOBS)))}")
+        seed = 0 if self.random_state is None else self.random_state
+        config = TrainerConfig(pool_size=self.pool_size, batch_size=batch,
+                               n_negatives=min(self.n_negatives, self.pool_size),
+                               mcmc_steps=self.mcmc_steps, lr_energy=self.lr_energy,
+                               lr_flow=self.lr_flow, lr_decay=self.lr_decay,
+                               lr_decay_iterations=total, energy_l2=self.energy_l2, seed=seed,
+                               **options)
+        self.trainer_ = self._build_trainer(dim, config)
+        data = data.to(self.trainer_.device)
+        self.trainer_.fit(data, n_iterations=total, progress=self.progress)
+        self.energy_ = self.trainer_.energy
+        self.flow_ = self.trainer_.flow
+        self.history_ = self.trainer_.history_
+        self.n_iterations_ = self.trainer_.iteration_
+        self._set_log_normalizer(self.estimate_log_normalizer(random_state=seed))
+        return self
+
+    def _build_trainer(self, dim: int, config: TrainerConfig) -> JointTrainer:
+        import copy
+
+        model = ModelConfig(energy_hidden=tuple(self.energy_hidden), flow_kind=self.flow_kind,
+                            flow_transforms=self.flow_transforms,
+                            flow_hidden=tuple(self.flow_hidden), base_scale=self.base_scale)
+        if self.energy is None and self.flow is None:
+            return JointTrainer.from_config(dim, self.method, model, config, device=self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            built = JointTrainer.from_config(dim, self.method, model, config) \
+                if self.energy is None or self.flow is None else None
+            energy = copy.deepcopy(self.energy) if self.energy is not None else built.energy
+            flow = copy.deepcopy(self.flow) if self.flow is not None else make_flow(
+                dim, kind=self.flow_kind, transforms=self.flow_transforms,
+                hidden=tuple(self.flow_hidden), base_scale=self.base_scale)
+        if self.device is not None:
+            energy, flow = energy.to(self.device), flow.to(self.device)
+        return JointTrainer(energy, flow, self.method, config)
+
+    def _positive(self, name: str, minimum: int = 1) -> int:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}; received {value!r}")
+        return value
+
+    def _validate(self, X: Any, reset: bool) -> Tensor:
+        if isinstance(X, Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        return torch.tensor(np.asarray(X, dtype=np.float32))
+
+    # ------------------------------------------------------------------------------ log Z
+
+    def estimate_log_normalizer(self, n: int | None = None, *,
+                                random_state: int | None = None) -> LogNormalizer:
+        """Estimate ``log Z`` of the trained model by importance sampling with its flow.
+
+        `fit` calls this once and keeps the result in ``log_normalizer_``,
+        ``log_normalizer_se_`` and ``pareto_k_``; call it again with a larger ``n`` for a
+        smaller standard error (the attributes are updated).
+
+        Args:
+            n: proposals (default ``n_importance``).
+            random_state: seed of the draws (default ``random_state``).
+
+        Warns:
+            UnreliableNormalizerWarning: Pareto k̂ > 0.7.
+        """
+        check_is_fitted(self, "trainer_")
+        n = self.n_importance if n is None else n
+        seed = (self.random_state or 0) if random_state is None else random_state
+        reference = base_distribution(self.flow_) if self.defensive > 0 else None
+        est = importance_log_normalizer(self.trainer_.log_prob, self.flow_, n,
+                                        reference=reference, defensive=self.defensive or 0.1,
+                                        seed=seed)
+        if not est.pareto_k <= KHAT_THRESHOLD:
+            warnings.warn(f"log Z by importance sampling has Pareto k-hat {est.pareto_k:.2f} > "
+                          f"{KHAT_THRESHOLD}: the flow is a poor proposal for the trained EBM, "
+                          f"so log Z ({est.log_z:.3f} ± {est.se:.3f}) and every normalized "
+                          "density (score_samples, score) are unreliable; train longer or "
+                          "raise n_importance", UnreliableNormalizerWarning, stacklevel=2)
+        self._set_log_normalizer(est)
+        return est
+
+    def _set_log_normalizer(self, est: LogNormalizer) -> None:
+        self.log_normalizer_ = est.log_z
+        self.log_normalizer_se_ = est.se
+        self.pareto_k_ = est.pareto_k
+        self.importance_ess_ = est.ess
+
+    # ---------------------------------------------------------------------------- answers
+
+    def score_samples(self, X: Any) -> np.ndarray | Tensor:
+        """Normalized log-density ``log p̃(x) − log Z`` of each row of ``X``.
+
+        Returns:
+            ``(n,)``: a float64 NumPy array, or a tensor when ``X`` is a tensor. Its error is
+            that of ``log Z`` (``log_normalizer_se_``), the same for every row.
+        """
+        check_is_fitted(self, "trainer_")
+        as_tensor = isinstance(X, Tensor)
+        x = self._validate(X, reset=False).to(self.trainer_.device)
+        with torch.no_grad():
+            values = torch.cat([self.trainer_.log_prob(chunk) for chunk in x.split(65_536)]) \
+                if x.shape[0] else x.new_zeros(0)
+        out = values.double() - self.log_normalizer_
+        return out if as_tensor else out.cpu().numpy()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean normalized log-likelihood of the rows of ``X`` (nats per point)."""
+        return float(self.score_samples(X).mean())
+
+    def sample(self, n_samples: int = 1, *, n_steps: int | None = None,
+               random_state: int | None = None) -> np.ndarray | Tensor:
+        """Draws from the trained EBM: the trainer's kernel run from the persistent chains.
+
+        Args:
+            n_samples: draws (independent chains).
+            n_steps: kernel steps per chain (default ``sample_steps``).
+            random_state: seed (default ``random_state + 1``, apart from training's).
+
+        Returns:
+            ``(n_samples, d)``, a NumPy array or (when `fit` got a tensor) a tensor.
+        """
+        check_is_fitted(self, "trainer_")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or \
+                n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int; received {n_samples!r}")
+        steps = self.sample_steps if n_steps is None else n_steps
+        seed = ((self.random_state or 0) + 1) if random_state is None else random_state
+        generator = torch.Generator(device=self.trainer_.device).manual_seed(seed)
+        x = self.trainer_.sample(int(n_samples), n_steps=steps, generator=generator).detach()
+        return x if getattr(self, "_torch_input", False) else x.cpu().numpy()
+
+    def mode_weights(self, assign: Any, *, method: str = "importance", n: int | None = None,
+                     n_chains: int = 256, n_steps: int | None = None, level: float = 0.95,
+                     random_state: int | None = None) -> ModeWeights:
+        """Mass of each mode (or class, cluster) under the trained EBM, with standard errors.
+
+        Args:
+            assign: what maps points to modes: centers ``(K, d)``, a callable
+                ``x[n, d] -> labels`` such as ``classifier.predict``, or `FittedModes`.
+            method: ``"importance"`` (self-normalized importance sampling with the flow,
+                defensively mixed with its base: the estimator of ``log Z``) or ``"chains"``
+                (occupancy of ``n_chains`` chains run ``n_steps`` steps from the pool).
+            n: importance draws (default ``n_importance``).
+            level: coverage of the intervals.
+            random_state: seed.
+
+        Returns:
+            `flowmc_ebm.diagnostics.ModeWeights` (weights, se, interval; ``pareto_k`` for
+            importance sampling).
+        """
+        check_is_fitted(self, "trainer_")
+        seed = (self.random_state or 0) if random_state is None else random_state
+        if method == "importance":
+            reference = base_distribution(self.flow_) if self.defensive > 0 else None
+            return importance_mode_weights(
+                self.trainer_.log_prob, self.flow_, assign,
+                self.n_importance if n is None else n, level=level, seed=seed,
+                reference=reference, defensive=self.defensive or 0.1)
+        if method == "chains":
+            steps = self.sample_steps if n_steps is None else n_steps
+            generator = torch.Generator(device=self.trainer_.device).manual_seed(seed + 1)
+            trace = self.trainer_.sample(n_chains, n_steps=steps, generator=generator,
+                                         return_trace=True)
+            return mode_weights(trace, assign, level=level)
+        raise ValueError(f"method must be 'importance' or 'chains'; received {method!r}")
+
+    # ------------------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The trainer's kernel holds closures pickle cannot write: keep its plain state instead.
+        state = self.__dict__.copy()
+        trainer = state.pop("trainer_", None)
+        if trainer is not None:
+            state["_trainer_state"] = {"config": trainer.config, "pool": trainer.pool_,
+                                       "iteration": trainer.iteration_}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop("_trainer_state", None)
+        self.__dict__.update(state)
+        if saved is not None:
+            trainer = JointTrainer(self.energy_, self.flow_, self.method, saved["config"])
+            trainer.pool_ = saved["pool"]
+            trainer.iteration_ = saved["iteration"]
+            trainer.history_ = self.history_
+            self.trainer_ = trainer
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags
+
