@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowmc_ebm.targets import TARGETS as _TARGET_REGISTRY
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -36,8 +38,8 @@ __all__ = ["SAMPLERS", "TARGETS", "ModelConfig", "RunConfig", "TrainerConfig", "
 
 #: Sampler names the trainer builds itself (it also takes any kernel factory from Python).
 SAMPLERS = ("flowmc", "ula", "mala", "nt")
-#: Target names of `flowmc_ebm.targets.get_target`, in their canonical spelling.
-TARGETS = ("two_modes", "four_modes", "eight_gaussians", "rings", "high_dim", "gaussian_mixture")
+#: Target names: the keys of the one registry, `flowmc_ebm.targets.TARGETS`.
+TARGETS = tuple(_TARGET_REGISTRY)
 
 
 def _spec(default: Any, *, low: float | None = None, low_open: bool = False,

@@ -31,6 +31,7 @@ import zuko
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ._checks import check_positive_int
 from .flows import base_distribution
 
 __all__ = [
@@ -89,8 +90,7 @@ class MLPEnergy(nn.Module):
         activation: Callable[[], nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int; received {dim!r}")
+        check_positive_int(dim, "dim")
         self.dim = dim
         layers: list[nn.Module] = []
         width = dim

@@ -26,7 +26,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from flowmc_ebm._checks import check_positive_int
+
 __all__ = [
+    "TARGETS",
     "EightGaussians",
     "FourModes",
     "GaussianMixture",
@@ -192,8 +195,7 @@ class MixtureTarget(abc.ABC):
         Returns:
             ``(x, modes)``: points of shape ``[n, D]`` and their component indices ``[n]``.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int; received {n!r}")
+        check_positive_int(n, "n")
         if generator is not None:
             device = generator.device
         device = torch.device("cpu") if device is None else torch.device(device)
@@ -379,8 +381,7 @@ class HighDimMixture(GaussianMixture):
     """
 
     def __init__(self, dim: int, weights: Tensor | Sequence[float] | None = None) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-            raise ValueError(f"dim must be an int >= 2; received {dim!r}")
+        check_positive_int(dim, "dim", minimum=2)
         a = 0.591 * math.sqrt(2 * math.log(dim))
         ones = torch.ones(dim, dtype=torch.float64)
         flipped = ones.clone()
@@ -488,7 +489,9 @@ class Rings(MixtureTarget):
         return radius.unsqueeze(-1) * torch.stack([angle.cos(), angle.sin()], dim=-1)
 
 
-_REGISTRY = {
+#: The package's one target registry: name -> class. Configs, the CLI (``--target``) and
+#: `get_target` read it; a target added here is known everywhere.
+TARGETS: dict[str, type[MixtureTarget]] = {
     "two_modes": TwoModes,
     "four_modes": FourModes,
     "eight_gaussians": EightGaussians,
@@ -517,7 +520,7 @@ def get_target(name: str, **kwargs) -> MixtureTarget:
         8
     """
     key = str(name).lower().replace("-", "").replace("_", "")
-    for known, cls in _REGISTRY.items():
+    for known, cls in TARGETS.items():
         if known.replace("_", "") == key:
             return cls(**kwargs)
-    raise ValueError(f"unknown target {name!r}; known targets: {', '.join(_REGISTRY)}")
+    raise ValueError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -64,20 +65,27 @@ def contrastive_loss(energy_pos: Tensor, energy_neg: Tensor, energy_l2: float = 
     return ContrastiveTerms(gap + energy_l2 * l2, gap, l2)
 
 
-def flow_nll(flow: Callable[[], Distribution], x: Tensor) -> Tensor:
-    """Mean negative log-likelihood of ``x`` under the flow: the forward-KL loss, up to a constant.
+def flow_nll(flow: Callable[[], Distribution], *samples: Tensor) -> tuple[Tensor, ...]:
+    """Mean negative log-likelihood of each set of samples under the flow (the forward-KL loss,
+    up to a constant), from one pass of the flow over all of them.
 
     Args:
         flow: a zuko flow (its call returns the distribution).
-        x: samples, shape ``(n, dim)``; detached, so only the flow learns from them.
+        samples: one or more sets, shapes ``(n_i, dim)``; detached, so only the flow learns
+            from them.
 
     Returns:
-        A scalar.
+        One scalar per set, in their order.
 
     Example:
         >>> import torch
         >>> from flowmc_ebm.flows import make_flow
-        >>> round(flow_nll(make_flow(2), torch.zeros(3, 2)).item(), 4)  # log 2π at the mode of N(0, I)
-        1.8379
+        >>> data, negatives = torch.zeros(3, 2), torch.ones(5, 2)
+        >>> nll_data, nll_neg = flow_nll(make_flow(2), data, negatives)
+        >>> round(nll_data.item(), 4), round(nll_neg.item(), 4)  # N(0, I) at 0 and at (1, 1)
+        (1.8379, 2.8379)
     """
-    return -flow().log_prob(x.detach()).mean()
+    if not samples:
+        raise ValueError("flow_nll needs at least one set of samples; received none")
+    log_q = flow().log_prob(torch.cat([x.detach() for x in samples]))
+    return tuple(-part.mean() for part in log_q.split([x.shape[0] for x in samples]))
