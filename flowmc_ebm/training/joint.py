@@ -50,7 +50,7 @@ from flowmc_ebm.checkpoint import latest_checkpoint, load_checkpoint, save_check
 from flowmc_ebm.config import ModelConfig, TrainerConfig
 from flowmc_ebm.energies import FlowTiltedEnergy, MLPEnergy
 from flowmc_ebm.flows import base_distribution, make_flow
-from flowmc_ebm.objectives.contrastive import contrastive_loss
+from flowmc_ebm.objectives.contrastive import contrastive_loss, flow_nll
 from flowmc_ebm.training import guard, run, tilts
 from flowmc_ebm.training.guard import TrainingDivergedError, grad_norm
 from flowmc_ebm.training.methods import Method, get_method
@@ -300,7 +300,7 @@ class JointTrainer:
             ``loss_energy``, ``energy_gap`` (mean E⁺ − mean E⁻), ``energy_pos``, ``energy_neg``,
             ``flow_nll_neg``, ``flow_nll_data``, ``local_accept``, ``global_accept`` (NaN for
             kernels without global moves), ``elapsed`` (seconds), and with a target
-            ``neg_mode_weights`` (one list of weights per iteration); in 2-D with a target, one
+            ``neg_mode_weights`` (the share of the iteration's negatives in each mode); in 2-D with a target, one
             entry per evaluation under ``eval_iteration`` and ``ebm_mode_weights``; after a
             divergence, one entry per restart under ``restarts`` (a dict: ``iteration`` where
             it was detected, ``restored_to``, ``reason``, the new ``lr_energy`` and ``lr_flow``).
@@ -434,9 +434,7 @@ class JointTrainer:
 
         # The flow's NLL on the data and on the negatives, in one pass; it steps on the one its
         # method fits (flowMC-EBM and the PCD baselines: the negatives; NT-EBM: the data).
-        log_q = self.flow().log_prob(torch.cat([batch, negatives]))
-        nll_data = -log_q[:batch.shape[0]].mean()
-        nll_neg = -log_q[batch.shape[0]:].mean()
+        nll_data, nll_neg = flow_nll(self.flow, batch, negatives)
         flow_loss = nll_data if self.method.flow_fits == "data" else nll_neg
         self.opt_flow.zero_grad(set_to_none=True)
         flow_loss.backward()
@@ -451,9 +449,9 @@ class JointTrainer:
                   "guard": guard.record(e_pos, e_neg, energies, grad_energy, flow_loss,
                                         grad_flow, negatives)}
         if target is not None:
-            labels = target.assign(self.pool_)
+            labels = target.assign(negatives)
             record["neg_mode_weights"] = torch.bincount(
-                labels, minlength=target.n_modes).to(self.pool_.dtype) / labels.shape[0]
+                labels, minlength=target.n_modes).to(negatives.dtype) / labels.shape[0]
         return record
 
     def _flush(self) -> None:
