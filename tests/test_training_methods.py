@@ -64,3 +64,19 @@ def test_a_method_registered_from_outside_trains_unchanged():
         assert all(math.isnan(a) for a in history["global_accept"])
     finally:
         del METHODS["hmc-test"]
+
+
+def test_neg_mode_weights_count_the_iterations_negatives_not_the_pool():
+    target = TwoModes()
+    data = target.sample(128, generator=torch.Generator().manual_seed(0))
+    trainer = JointTrainer.from_config(2, "mala", SMALL, CONFIG)
+    trainer.pool_ = trainer._draw_base(CONFIG.pool_size, trainer.generator)
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(trainer.generator.get_state())
+    trainer.fit(data, n_iterations=1, target=target, progress=False)
+
+    torch.randperm(data.shape[0], generator=generator)  # the data order
+    idx = torch.randperm(CONFIG.pool_size, generator=generator)[:CONFIG.n_negatives]
+    share = lambda x: (torch.bincount(target.assign(x), minlength=2) / x.shape[0]).tolist()  # noqa: E731
+    assert share(trainer.pool_) != share(trainer.pool_[idx])  # so the check below can tell them apart
+    assert trainer.history_["neg_mode_weights"][0] == pytest.approx(share(trainer.pool_[idx]))
