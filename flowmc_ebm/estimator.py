@@ -17,8 +17,8 @@ or a torch tensor; `sample` and `score_samples` answer in the kind `fit` receive
 Example:
     >>> import numpy as np
     >>> X = np.random.default_rng(0).normal(size=(256, 2))
-    >>> ebm = FlowMCEBM(n_iterations=30, pool_size=64).fit(X)
-    >>> ebm.score_samples(X[:3]).shape, ebm.sample(4).shape
+    >>> ebm = FlowMCEBM(n_iterations=15, mcmc_steps=5, pool_size=64).fit(X)
+    >>> ebm.score_samples(X[:3]).shape, ebm.sample(4, n_steps=5).shape
     ((3,), (4, 2))
     >>> bool(abs(ebm.log_normalizer_) < 1.0)
     True
@@ -182,7 +182,8 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         >>> from sklearn.pipeline import make_pipeline
         >>> from sklearn.preprocessing import StandardScaler
         >>> X = np.random.default_rng(0).normal(3.0, 2.0, size=(128, 2))
-        >>> pipe = make_pipeline(StandardScaler(), FlowMCEBM(n_iterations=30, pool_size=64))
+        >>> pipe = make_pipeline(StandardScaler(), FlowMCEBM(n_iterations=15, mcmc_steps=5,
+        ...                                                    pool_size=64))
         >>> pipe.fit(X).score_samples(X).shape
         (128,)
     """
