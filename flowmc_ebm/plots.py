@@ -27,15 +27,24 @@ def _palette(n: int) -> list:
     return sns.color_palette("tab10" if n <= 10 else "husl", n)
 
 
-def plot_traces(samples: Any, *, max_dims: int = 4) -> Figure:
+def plot_traces(
+    samples: Any, *, max_dims: int = 4, chains: Any = None, highlight: Any = (), max_chains: int = 16
+) -> Figure:
     """Trace (left) and ArviZ rank plot (right) of the first `max_dims` coordinates.
 
     Rank plots show a flat histogram per chain when chains mix; a chain whose ranks pile up at
-    one end sits apart from the others.
+    one end sits apart from the others. With many chains neither panel can be read, so at most
+    `max_chains` are drawn (spread over the run's chain indices, the highlighted ones always
+    among them); ranks are those within the chains drawn.
 
     Args:
         samples: a Trace or an array `(chains, draws, *event)`.
         max_dims: at most this many coordinates (rows).
+        chains: indices of the chains to draw; None for all of them, or `max_chains` spread out
+            when there are more.
+        highlight: chain indices drawn in red on top of the others and named in the legend
+            (e.g. `Report.suspect_chains`).
+        max_chains: how many chains to draw when `chains` is None.
 
     Example:
         >>> import numpy as np
@@ -45,24 +54,61 @@ def plot_traces(samples: Any, *, max_dims: int = 4) -> Figure:
     """
     x = chains_array(samples)
     n_chains, _, dim = x.shape
+    highlight = sorted({int(c) for c in highlight})
+    bad = [c for c in highlight if not 0 <= c < n_chains]
+    if bad:
+        raise ValueError(f"highlight must hold chain indices in 0..{n_chains - 1}; received {bad}")
+    if chains is None:
+        chains = _spread_chains(n_chains, max_chains, highlight)
+    else:
+        chains = sorted({int(c) for c in chains} | set(highlight))
+        bad = [c for c in chains if not 0 <= c < n_chains]
+        if bad:
+            raise ValueError(f"chains must hold chain indices in 0..{n_chains - 1}; received {bad}")
     rows = min(dim, max_dims)
-    fig = Figure(figsize=(10, 2.2 * rows), layout="constrained")
+    fig = Figure(figsize=(10, 2.2 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, 2, squeeze=False, width_ratios=[2, 1])
-    colors = _palette(n_chains)
+    plain = [c for c in chains if c not in highlight]
+    colors = dict(zip(plain, _palette(len(plain)) if plain else []))
+    colors.update({c: "tab:red" for c in highlight})
     for d in range(rows):
-        for c in range(n_chains):
-            axes[d, 0].plot(x[c, :, d], lw=0.6, alpha=0.8, color=colors[c])
+        for c in plain + highlight:  # highlighted chains on top
+            red = c in highlight
+            axes[d, 0].plot(x[c, :, d], lw=1.1 if red else 0.6, alpha=1.0 if red else 0.7,
+                            color=colors[c], zorder=3 if red else 2,
+                            label=f"chain {c}" if red and d == 0 else None)
         axes[d, 0].set_ylabel(f"x[{d}]")
         _arviz.az.plot_rank(
-            _arviz.az.convert_to_dataset({f"x[{d}]": x[:, :, d]}), ax=axes[d, 1], colors=colors
+            _arviz.az.convert_to_dataset({f"x[{d}]": x[chains, :, d]}),
+            ax=axes[d, 1],
+            colors=[colors[c] for c in chains],
         )
+        # ArviZ numbers the chains it was given 0..k-1: label the rows with the run's indices.
+        # (ArviZ puts one tick per chain, at its row).
+        ticks = axes[d, 1].get_yticks()
+        if len(ticks) == len(chains):
+            axes[d, 1].set_yticks(ticks, [str(c) for c in chains], fontsize="x-small")
+        axes[d, 1].set_ylabel("chain", fontsize="small")
         # ArviZ sizes its text for a figure of its own; match the traces beside it.
         axes[d, 1].title.set_fontsize("medium")
         axes[d, 1].xaxis.label.set_fontsize("small")
-        axes[d, 1].yaxis.label.set_fontsize("small")
+    if highlight:
+        axes[0, 0].legend(fontsize="small", loc="upper right", title="suspect", title_fontsize="small")
     axes[-1, 0].set_xlabel("draw")
-    fig.suptitle("Traces and rank plots" + (f" (first {rows} of {dim} dims)" if dim > rows else ""))
+    shown = f"{len(chains)} of {n_chains} chains" if len(chains) < n_chains else f"{n_chains} chains"
+    title = f"Traces and rank plots ({shown}" + (f", first {rows} of {dim} dims)" if dim > rows else ")")
+    if highlight:
+        title += f"; suspect chains in red: {highlight}"
+    fig.suptitle(title)
     return fig
+
+
+def _spread_chains(n_chains: int, k: int, keep: list[int]) -> list[int]:
+    """`k` chain indices spread over `0..n_chains-1`, always including `keep`."""
+    if n_chains <= k:
+        return list(range(n_chains))
+    spread = np.linspace(0, n_chains - 1, max(k - len(keep), 1)).round().astype(int).tolist()
+    return sorted(set(spread) | set(keep))
 
 
 def plot_samples_2d(

@@ -131,3 +131,17 @@ def test_plots_accept_results_and_raw_labels():
     assert len(plots.plot_mode_occupancy(hop.labels).axes) == 2
     fig = plots.plot_mode_weights(mode_weights(trace, MEANS), WEIGHTS)
     assert len(fig.axes[0].containers) == 2  # truth bars and one estimator's error bars
+
+
+def test_trace_plot_with_many_chains_draws_a_readable_subset_and_highlights_suspects():
+    x = np.random.default_rng(0).normal(size=(64, 80, 2))
+    fig = plots.plot_traces(x, highlight=[5, 40])
+    trace_ax = fig.axes[0]
+    assert 12 <= len(trace_ax.lines) <= 16  # not 64 tangled lines
+    red = [ln for ln in trace_ax.lines if ln.get_label() in ("chain 5", "chain 40")]
+    assert len(red) == 2 and all(ln.get_color() == "tab:red" for ln in red)
+    assert red[0] is trace_ax.lines[-2] and red[1] is trace_ax.lines[-1]  # drawn on top
+    assert "suspect chains in red: [5, 40]" in fig._suptitle.get_text()
+    assert len(plots.plot_traces(x[:8]).axes[0].lines) == 8  # few chains: all of them
+    with pytest.raises(ValueError, match=r"chain indices in 0..63; received \[64\]"):
+        plots.plot_traces(x, highlight=[64])

@@ -353,7 +353,7 @@ def _write_figures(
 ) -> dict[str, Path]:
     from flowmc_ebm import plots
 
-    figs = {"traces": plots.plot_traces(x)}
+    figs = {"traces": plots.plot_traces(x, highlight=result.suspect_chains)}
     if x.shape[-1] == 2:
         figs["samples"] = plots.plot_samples_2d(x, contours, bounds=bounds, seed=seed)
     if result.hopping is not None:

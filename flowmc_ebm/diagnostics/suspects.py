@@ -13,7 +13,7 @@ step sizes and chains that never moved.
 - Leave-one-out R-hat: when the max coordinate R-hat is at or above the threshold, chains are
   removed one at a time (greedily, the one whose removal lowers the max R-hat most, among the
   chains whose means are furthest from the rest) until the others mix; at most a quarter of the
-  chains. The removed ones are suspect; when no minority explains it, none is named this way.
+  chains and at most `MAX_LOO_REMOVALS`. The removed ones are suspect; when no minority explains it, none is named this way.
 - Step sizes (the trace's "step_size" stat) that collapsed in warm-up: below an absolute floor
   (`STEP_FLOOR`) or a thousandth of the median over chains. Chains that never moved: every
   coordinate's spread along the chain below 1e-6 of the pooled spread.
@@ -38,6 +38,10 @@ STEP_RELATIVE = 1e-3
 MIN_EFFECT = 0.3
 #: A chain whose spread is below this fraction of the pooled spread never moved.
 FROZEN_RELATIVE = 1e-6
+#: R*: held-out draws per chain scored by the classifier, at most (thinned further if needed).
+MAX_TEST_PER_CHAIN = 100
+#: Leave-one-out R-hat looks for a few outlying chains: at most this many are removed.
+MAX_LOO_REMOVALS = 8
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,14 @@ def _rstar(x: np.ndarray, seed: int, alpha: float = 0.01) -> tuple[float, np.nda
     # Test draws thinned by the autocorrelation time, so they count as roughly independent.
     # Within-chain autocorrelation (each chain alone), not the pooled ESS, which chains that
     # differ would shrink; the median over chains, the largest over coordinates.
-    per_chain = np.stack([draws / _arviz.ess(x[c : c + 1], "mean") for c in range(chains)])
+    # Each chain as its own variable of a one-chain dataset: one ArviZ call for all chains.
+    ess_per_chain = _arviz.ess(x.transpose(1, 0, 2).reshape(1, draws, chains * dim), "mean")
+    per_chain = draws / ess_per_chain.reshape(chains, dim)
     iat = float(np.nanmax(np.nanmedian(per_chain, axis=0)))
     test_step = max(1, int(np.ceil(iat)) if np.isfinite(iat) else 1)
+    # At most MAX_TEST_PER_CHAIN test draws per chain (thinned further): the binomial test
+    # has power enough with them, and predicting every draw of hundreds of chains costs minutes.
+    test_step = max(test_step, -(-(draws - half) // MAX_TEST_PER_CHAIN))
     test = z[:, half::test_step]
     labels_train = np.repeat(np.arange(chains), train.shape[1])
     labels_test = np.repeat(np.arange(chains), test.shape[1])
@@ -203,7 +212,9 @@ def _leave_one_out(x: np.ndarray, rhat: np.ndarray) -> tuple[np.ndarray, np.ndar
         return loo, np.zeros(0, dtype=np.int64)
     keep = list(range(chains))
     removed: list[int] = []
-    for _ in range(max(1, chains // 4)):
+    # A few outlying chains, not a split population: after MAX_LOO_REMOVALS removals without
+    # R-hat recovering, the chains disagree as groups, which the other diagnostics report.
+    for _ in range(max(1, min(chains // 4, MAX_LOO_REMOVALS))):
         if len(keep) < 3:
             break
         means = x[keep].mean(axis=1)  # (kept, dim)
