@@ -33,8 +33,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SAMPLERS", "TARGETS", "ModelConfig", "RunConfig", "TrainerConfig", "load_config",
-           "parse_overrides"]
+__all__ = ["SAMPLERS", "TARGETS", "TRAINER_GROUPS", "ModelConfig", "RunConfig", "TrainerConfig",
+           "load_config", "parse_overrides"]
 
 #: Sampler names the trainer builds itself (it also takes any kernel factory from Python).
 SAMPLERS = ("flowmc", "ula", "mala", "nt")
@@ -104,7 +104,7 @@ def _validate(record: Any, section: str) -> None:
         object.__setattr__(record, f.name, value)
 
 
-def _from_dict(cls: type, data: Any, section: str) -> Any:
+def _from_dict(cls: type, data: Any, section: str, tables: tuple[str, ...] = ()) -> Any:
     where = section or "the config"
     if not isinstance(data, dict):
         raise TypeError(f"{where} must be a table (dict); received {type(data).__name__}")
@@ -112,12 +112,62 @@ def _from_dict(cls: type, data: Any, section: str) -> Any:
     for key in data:
         if key not in known:
             name = f"{section}.{key}" if section else key
-            raise ValueError(f"unknown key {name}; known keys: {', '.join(known)}")
+            raise ValueError(f"unknown key {name}; known keys: {', '.join([*known, *tables])}")
     kwargs = dict(data)
     for key, sub in _NESTED.items():
         if key in kwargs and key in known:
-            kwargs[key] = _from_dict(sub, kwargs[key], key)
+            kwargs[key] = sub.from_dict(kwargs[key])
     return cls(**kwargs)
+
+
+#: The sub-tables of ``[trainer]`` and the `TrainerConfig` fields each holds. The fields stay
+#: attributes of `TrainerConfig` (``config.n_local``); only the TOML/JSON form is grouped, and
+#: the old flat keys (``[trainer] n_local = 4``) still load.
+TRAINER_GROUPS: dict[str, tuple[str, ...]] = {
+    "flowmc": ("n_local", "n_global", "global_move", "n_particles"),
+    "guard": ("max_abs_energy", "max_grad_norm", "max_restarts", "restart_lr_factor"),
+    "schedule": ("lr_decay", "lr_decay_iterations", "lr_final_factor"),
+}
+_GROUP_OF = {key: group for group, keys in TRAINER_GROUPS.items() for key in keys}
+
+
+def _ungroup_trainer(data: Any) -> Any:
+    """``[trainer]`` with its sub-tables merged into flat `TrainerConfig` keys.
+
+    A key in the wrong sub-table, or given both flat and in its sub-table with two values, is
+    refused in one line that says where it belongs.
+    """
+    if not isinstance(data, dict):
+        return data
+    flat = {k: v for k, v in data.items() if k not in TRAINER_GROUPS}
+    for group in TRAINER_GROUPS:
+        if group not in data:
+            continue
+        table = data[group]
+        if not isinstance(table, dict):
+            raise TypeError(f"trainer.{group} must be a table (dict); received "
+                            f"{type(table).__name__}")
+        for key, value in table.items():
+            if _GROUP_OF.get(key) != group:
+                home = f"[trainer.{_GROUP_OF[key]}]" if key in _GROUP_OF else "[trainer]"
+                if key not in _GROUP_OF and key not in _TRAINER_FIELDS:
+                    raise ValueError(f"unknown key trainer.{group}.{key}; known keys: "
+                                     f"{', '.join(TRAINER_GROUPS[group])}")
+                raise ValueError(f"trainer.{group}.{key}: {key} belongs in {home}, not in "
+                                 f"[trainer.{group}]")
+            if key in flat and flat[key] != value:
+                raise ValueError(f"trainer.{key} = {flat[key]!r} and trainer.{group}.{key} = "
+                                 f"{value!r}: one key given twice (its place is [trainer.{group}])")
+            flat[key] = value
+    return flat
+
+
+def _group_trainer(data: dict) -> dict:
+    """The inverse of `_ungroup_trainer`: flat trainer keys into their sub-tables."""
+    out = {k: v for k, v in data.items() if k not in _GROUP_OF}
+    for group, keys in TRAINER_GROUPS.items():
+        out[group] = {k: data[k] for k in keys if k in data}
+    return out
 
 
 @dataclass
@@ -149,6 +199,15 @@ class ModelConfig:
 @dataclass
 class TrainerConfig:
     """The knobs of `JointTrainer`; defaults are the paper's two-mode settings.
+
+    In TOML (and in a run's ``config.json``) the knobs of one concern sit in a sub-table of
+    ``[trainer]`` (`TRAINER_GROUPS`): ``[trainer.flowmc]`` ``n_local``, ``n_global``,
+    ``global_move``, ``n_particles``; ``[trainer.guard]`` ``max_abs_energy``,
+    ``max_grad_norm``, ``max_restarts``, ``restart_lr_factor``; ``[trainer.schedule]``
+    ``lr_decay``, ``lr_decay_iterations``, ``lr_final_factor``. They stay attributes of this
+    record (``config.n_local``) and keyword arguments of its constructor, and the old flat keys
+    (``[trainer] n_local = 4``) still load; a key in the wrong sub-table is refused in one line
+    naming its place.
 
     Attributes:
         pool_size: persistent chains kept between iterations.
@@ -259,7 +318,15 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainerConfig:
-        return _from_dict(cls, data, "trainer")
+        """From a ``[trainer]`` table: grouped (``[trainer.flowmc]``, ``[trainer.guard]``,
+        ``[trainer.schedule]``; see `TRAINER_GROUPS`) or with the old flat keys.
+
+        Example:
+            >>> grouped = TrainerConfig.from_dict({"seed": 1, "flowmc": {"n_local": 9}})
+            >>> grouped == TrainerConfig.from_dict({"seed": 1, "n_local": 9})
+            True
+        """
+        return _from_dict(cls, _ungroup_trainer(data), "trainer", tuple(TRAINER_GROUPS))
 
 
 @dataclass
@@ -350,13 +417,17 @@ class RunConfig:
             if isinstance(value, dict):
                 return {k: plain(v) for k, v in value.items()}
             return list(value) if isinstance(value, tuple) else value
-        return plain(dataclasses.asdict(self))
+        data = plain(dataclasses.asdict(self))
+        data["trainer"] = _group_trainer(data["trainer"])
+        return data
 
     def replace(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with dotted keys overridden, e.g. ``{"trainer.seed": 3, "epochs": 2}``."""
         data = self.to_dict()
         for key, value in overrides.items():
             *parents, last = key.split(".")
+            if parents == ["trainer"] and last in _GROUP_OF:  # the old flat spelling
+                parents.append(_GROUP_OF[last])
             node = data
             for part in parents:
                 if not isinstance(node.get(part), dict):
@@ -367,6 +438,7 @@ class RunConfig:
 
 
 _NESTED: dict[str, type] = {"model": ModelConfig, "trainer": TrainerConfig}
+_TRAINER_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainerConfig))
 #: Tables passed on as they are (checked by whoever consumes them).
 _FREE_TABLES = ("target_options",)
 
@@ -376,7 +448,8 @@ def load_config(path: str | Path) -> RunConfig:
 
     Args:
         path: a ``.toml`` file with top-level `RunConfig` keys and optional ``[model]`` and
-            ``[trainer]`` tables.
+            ``[trainer]`` tables (the latter with ``[trainer.flowmc]``, ``[trainer.guard]``,
+            ``[trainer.schedule]``, see `TrainerConfig`).
 
     Raises:
         OSError: the file cannot be read.

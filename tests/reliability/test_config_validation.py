@@ -198,3 +198,56 @@ def test_every_field_has_a_row_and_the_defaults_are_valid():
     counts = {kind: len(list(cases(kind))) for kind in ("type", "range")}
     assert counts == {"type": 40, "range": 38}
     assert len(list(misspellings())) == 40
+
+
+GROUPED = ('[trainer]\nseed = 2\n[trainer.flowmc]\nn_local = 9\nn_global = 1\n'
+           '[trainer.guard]\nmax_restarts = 1\n[trainer.schedule]\nlr_decay = "cosine"\n')
+FLAT = ('[trainer]\nseed = 2\nn_local = 9\nn_global = 1\nmax_restarts = 1\n'
+        'lr_decay = "cosine"\n')
+
+
+def test_grouped_trainer_tables_and_the_old_flat_keys_load_the_same_config(tmp_path):
+    (tmp_path / "grouped.toml").write_text("iterations = 10\n" + GROUPED)
+    (tmp_path / "flat.toml").write_text("iterations = 10\n" + FLAT)
+    grouped, flat = load_config(tmp_path / "grouped.toml"), load_config(tmp_path / "flat.toml")
+    assert grouped == flat
+    assert grouped.trainer.n_local == 9 and grouped.trainer.max_restarts == 1  # attributes stay flat
+    assert grouped.trainer.lr_decay == "cosine" and grouped.trainer.seed == 2
+    # What a run writes (config.json) is grouped, and reads back to the same config.
+    saved = grouped.to_dict()
+    assert saved["trainer"]["flowmc"]["n_local"] == 9 and "n_local" not in saved["trainer"]
+    assert saved["trainer"]["schedule"] == {"lr_decay": "cosine", "lr_decay_iterations": 0,
+                                            "lr_final_factor": 0.1}
+    assert RunConfig.from_dict(saved) == grouped
+    # An override in the old flat spelling lands in its group.
+    assert grouped.replace({"trainer.n_local": 4}).trainer.n_local == 4
+
+
+@pytest.mark.parametrize("text, error, message", [
+    ("[trainer.guard]\nn_local = 3\n", ValueError,
+     r"^[^\n]*trainer\.guard\.n_local: n_local belongs in \[trainer\.flowmc\], not in "
+     r"\[trainer\.guard\]$"),
+    ("[trainer.flowmc]\nseed = 3\n", ValueError,
+     r"^[^\n]*trainer\.flowmc\.seed: seed belongs in \[trainer\], not in \[trainer\.flowmc\]$"),
+    ("[trainer]\nn_local = 3\n[trainer.flowmc]\nn_local = 4\n", ValueError,
+     r"trainer\.n_local = 3 and trainer\.flowmc\.n_local = 4: one key given twice"),
+    ("[trainer.flowmc]\nn_locals = 3\n", ValueError,
+     r"unknown key trainer\.flowmc\.n_locals; known keys: n_local, n_global"),
+    ("[trainer]\nflowmc = 3\n", TypeError, r"trainer\.flowmc must be a table \(dict\); received int"),
+    ("[trainer.flowmc]\nn_particles = 0\n", ValueError, r"trainer\.n_particles must be >= 1; received 0"),
+], ids=["wrong-group", "not-a-group-key", "twice", "misspelt", "not-a-table", "range"])
+def test_a_key_in_the_wrong_trainer_table_is_refused_in_one_line_naming_its_place(
+        tmp_path, text, error, message):
+    path = tmp_path / "case.toml"
+    path.write_text(text)
+    with pytest.raises(error, match=message):
+        load_config(path)
+
+
+def test_the_example_configs_in_the_old_flat_form_still_load():
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).parents[2] / "examples" / "configs").glob("*.toml"))
+    assert paths
+    for path in paths:
+        assert isinstance(load_config(path), RunConfig), path
