@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import samplers
-from flowmc_ebm.diagnostics import report
+from flowmc_ebm.diagnostics import broad_reference, importance_mode_weights, report
 from flowmc_ebm.flows import make_flow
 from flowmc_ebm.targets import TwoModes
 
@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=256)
     parser.add_argument("--steps", type=int, default=500, help="kept steps per chain")
     parser.add_argument("--warmup", type=int, default=200, help="tuning steps (FlowMC's flow)")
+    parser.add_argument("--khat", action="store_true",
+                        help="also print the importance weights' Pareto k-hat of FlowMC's flow with and "
+                             "without the defensive reference, over seeds and proposal counts")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     target = TwoModes()
@@ -47,6 +50,13 @@ def main() -> None:
         print(f"\n===== {name} =====")
         result = report(trace, target=target, proposal=flow, out=Path(args.out) / name, seed=args.seed)
         print(result.table())
+    if args.khat:
+        reference = broad_reference(runs["flowmc"].samples, target.means)
+        for n in (10_000, 40_000, 160_000):
+            for name, ref in (("no reference", None), ("defensive", reference)):
+                ks = [importance_mode_weights(target.log_prob, flow, target.assign, n, seed=s,
+                                              reference=ref).pareto_k for s in range(3 if n > 10_000 else 6)]
+                print(f"k-hat, {n} proposals, {name}: " + " ".join(f"{k:.2f}" for k in ks))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,14 @@ def test_trace_plot_with_many_chains_draws_a_readable_subset_and_highlights_susp
     assert len(plots.plot_traces(x[:8]).axes[0].lines) == 8  # few chains: all of them
     with pytest.raises(ValueError, match=r"chain indices in 0..63; received \[64\]"):
         plots.plot_traces(x, highlight=[64])
+
+
+def test_suspect_figure_draws_leave_one_out_bars_only_for_chains_tried():
+    from flowmc_ebm.diagnostics.suspects import plot_suspects, suspect_chains
+
+    x = np.random.default_rng(1).normal(size=(64, 60, 2))
+    s = suspect_chains(x, None, seed=0)
+    assert not np.isfinite(s.loo_rhat).any()  # R-hat fine: leave-one-out never ran
+    fig = plot_suspects(s)
+    assert len(fig.axes[1].patches) == 0  # before: 64 bars from 1.0 down to 0
+    assert fig.get_size_inches()[0] <= 14

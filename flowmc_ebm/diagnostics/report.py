@@ -272,8 +272,9 @@ def _mode_diagnostics(
     if result.importance.pareto_k > KHAT_THRESHOLD:
         result.warnings.append(
             f"Importance weights have Pareto k-hat {result.importance.pareto_k:.2f} > "
-            f"{KHAT_THRESHOLD}: the proposal misses part of the density; its weights are "
-            f"unreliable."
+            f"{KHAT_THRESHOLD}: the proposal's tails are lighter than the target's somewhere "
+            f"(or it misses mass), so the importance estimate and its SE are unreliable and "
+            f"cannot confirm the chains' mode weights."
         )
     result.comparison = compare_mode_weights(result.occupancy, result.importance)
     if not result.comparison.agree:

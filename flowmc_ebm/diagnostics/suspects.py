@@ -244,7 +244,9 @@ def plot_suspects(suspects: SuspectChains):
     idx = np.arange(chains)
     red = set(suspects.chains)
     colors = ["tab:red" if c in red else "tab:blue" for c in idx]
-    fig = Figure(figsize=(max(6, 0.35 * chains + 3), 5.5), layout="constrained")
+    # Wide enough to tell bars apart with a few dozen chains; beyond that the width is capped
+    # and the suspects are named above their bars.
+    fig = Figure(figsize=(min(max(6, 0.35 * chains + 3), 14), 5.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.bar(idx, suspects.recall, color=colors, label="held-out recall")
     top.plot(idx, suspects.chance, "k_", markersize=14, label="chance (other chains given this label)")
@@ -254,8 +256,15 @@ def plot_suspects(suspects: SuspectChains):
         title=f"R* = {suspects.rstar:.2f} (1 when chains mix); suspect chains in red",
     )
     top.legend(fontsize="small", loc="upper left")
-    loo = np.where(np.isfinite(suspects.loo_rhat), suspects.loo_rhat, 0.0)
-    bottom.bar(idx, loo - 1.0, bottom=1.0, color=colors)
+    for c in suspects.chains:
+        top.annotate(str(c), (c, suspects.recall[c]), xytext=(0, 3), textcoords="offset points",
+                     ha="center", fontsize="small", color="tab:red")
+    tried = np.isfinite(suspects.loo_rhat)  # chains never tried get no bar (not a bar down to 0)
+    bottom.bar(idx[tried], suspects.loo_rhat[tried] - 1.0, bottom=1.0,
+               color=[colors[c] for c in idx[tried]])
+    if not tried.any():
+        bottom.text(0.5, 0.75, f"not run: every coordinate's R-hat is below {RHAT_THRESHOLD}",
+                    transform=bottom.transAxes, ha="center", va="center", color="0.4")
     bottom.axhline(RHAT_THRESHOLD, color="k", ls="--", lw=1, label=f"R-hat {RHAT_THRESHOLD}")
     bottom.set(
         xlabel="chain",
