@@ -40,6 +40,7 @@ __all__ = [
     "MLPEnergy",
     "TiltedEnergy",
     "log_density_from_energy",
+    "zero_output_mlp",
 ]
 
 
@@ -68,6 +69,27 @@ def _check_vectors(x: Tensor, dim: int, owner: str) -> None:
         raise ValueError(f"{owner} expects x of shape (n, {dim}); received {tuple(x.shape)}")
 
 
+def zero_output_mlp(n_in: int, hidden: Sequence[int], n_out: int,
+                    activation: Callable[[], nn.Module] = nn.SiLU) -> nn.Sequential:
+    """``Linear → activation`` per hidden width, then a ``Linear`` whose weights and bias start at
+    zero, so the network outputs exactly 0 at initialization: the energy ``E ≡ 0`` here, the
+    identity couplings of the determinant-free flows (`flowmc_ebm.ebflow`, `flowmc_ebm.sa_flow`).
+
+    Example:
+        >>> zero_output_mlp(3, (8,), 2)(torch.randn(4, 3)).abs().max().item()
+        0.0
+    """
+    layers: list[nn.Module] = []
+    width = n_in
+    for size in hidden:
+        layers += [nn.Linear(width, size), activation()]
+        width = size
+    last = nn.Linear(width, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
 class MLPEnergy(nn.Module):
     """A fully connected energy ``E: R^dim -> R``, exactly 0 at initialization.
 
@@ -92,16 +114,8 @@ class MLPEnergy(nn.Module):
         super().__init__()
         check_positive_int(dim, "dim")
         self.dim = dim
-        layers: list[nn.Module] = []
-        width = dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), activation()]
-            width = size
-        last = nn.Linear(width, 1)
         # E ≡ 0 makes the untrained model equal to its reference density (the tilt's base).
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = zero_output_mlp(dim, hidden, 1, activation)
 
     def forward(self, x: Tensor) -> Tensor:
         """Energies of a batch.

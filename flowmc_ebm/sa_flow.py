@@ -49,6 +49,7 @@ from zuko.nn import MaskedMLP
 from zuko.transforms import MonotonicRQSTransform
 
 from ._checks import check_positive_int
+from .energies import zero_output_mlp
 from .objectives.energy_score import energy_score
 from .preprocessing import DataSource
 from .training.flow_fitting import MinibatchFitter
@@ -110,7 +111,7 @@ class _SplineLayer(nn.Module):
             self.net = None
             self.free = nn.Parameter(torch.zeros(n_out))
         else:
-            self.net = _mlp(n_in, hidden, n_out)
+            self.net = zero_output_mlp(n_in, hidden, n_out)
 
     def _spline(self, x: Tensor, context: Tensor) -> MonotonicRQSTransform:
         conditioner = torch.cat([x[..., self._passive], context], dim=-1)
@@ -135,18 +136,6 @@ class _SplineLayer(nn.Module):
         return x.index_copy(-1, self._active, active), log_det
 
 
-def _mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = n_in
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.SiLU()]
-        width = size
-    last = nn.Linear(width, n_out)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(*layers, last)
-
-
 class _BlockFlow(nn.Module):
     """``x_k = μ(c) + σ(c) ⊙ S_L ∘ … ∘ S_1(u_k; c)`` for one block, ``c = x_{B_<k}``."""
 
@@ -161,7 +150,7 @@ class _BlockFlow(nn.Module):
             self.affine_net = None
             self.affine = nn.Parameter(torch.zeros(2 * size))
         else:
-            self.affine_net = _mlp(context, hidden, 2 * size)
+            self.affine_net = zero_output_mlp(context, hidden, 2 * size)
 
     def _affine(self, context: Tensor) -> tuple[Tensor, Tensor]:
         raw = self.affine.expand(*context.shape[:-1], -1) if self.affine_net is None \

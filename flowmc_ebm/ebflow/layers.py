@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from flowmc_ebm.energies import zero_output_mlp
+
 __all__ = ["AffineCoupling", "Conv1x1", "Conv2dLinear", "Dense", "LinearLayer", "NonlinearLayer",
            "SmoothLeakyReLU", "Squeeze", "check_image_shape"]
 
@@ -279,15 +281,7 @@ class AffineCoupling(NonlinearLayer):
         self.split = dim // 2 if not swap else dim - dim // 2
         self.swap = swap
         n_in, n_out = (dim // 2, dim - dim // 2) if not swap else (dim - dim // 2, dim // 2)
-        layers: list[nn.Module] = []
-        width = n_in
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.SiLU()]
-            width = size
-        last = nn.Linear(width, 2 * n_out)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = zero_output_mlp(n_in, hidden, 2 * n_out)
         self.n_in = n_in
 
     def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
