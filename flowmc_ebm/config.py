@@ -232,9 +232,11 @@ class TrainerConfig:
         lr_final_factor: the rates' final fraction of their initial values, in (0, 1].
         energy_l2: ``α`` of the regularizer ``α (mean E(x⁺)² + mean E(x⁻)²)``.
         tilt: the EBM's tilt ``λ`` (`flowmc_ebm.training.tilts`): ``"base"`` (the flow's base, the
-            paper's), ``"gaussian"`` (the data's mean and covariance) or ``"flow"`` (a flow
-            fitted to the data by maximum likelihood, frozen), fitted at the first `fit`
-            (`docs/results_real_data.md` compares them). NT-EBM takes only ``"base"``.
+            paper's; the default, so earlier runs are unchanged), ``"gaussian"`` (the data's mean
+            and covariance), ``"gmm"`` (a Gaussian mixture fitted to the data, its size by BIC:
+            the one to use on data a user brings, `docs/results_real_data.md`) or ``"flow"`` (a
+            flow fitted to the data by maximum likelihood, frozen); fitted at the first `fit`.
+            NT-EBM takes only ``"base"``.
         tilt_steps: maximum-likelihood steps of a ``"flow"`` tilt.
         seed: seeds the trainer's generator (data order, pool, MCMC).
         log_every: iterations between two conversions of the history to Python numbers.
@@ -265,7 +267,7 @@ class TrainerConfig:
     lr_decay_iterations: int = _spec(0, low=0)
     lr_final_factor: float = _spec(0.1, low=0.0, low_open=True)
     energy_l2: float = _spec(0.0, low=0.0)
-    tilt: str = _spec("base", choices=("base", "gaussian", "flow"))
+    tilt: str = _spec("base", choices=("base", "gaussian", "gmm", "flow"))
     tilt_steps: int = _spec(1000, low=1)
     seed: int = _spec(0, low=0)
     log_every: int = _spec(50, low=1)

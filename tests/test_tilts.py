@@ -57,6 +57,20 @@ def test_flow_tilt_gives_each_mode_its_mass_where_the_base_does_not():
     assert float((base.sample((4000,))[:, 0] > 3.0).double().mean()) < 0.01
 
 
+def test_gmm_tilt_gives_each_mode_its_mass_and_picks_its_size_by_bic():
+    """Two well-separated modes at 0.3 / 0.7: BIC picks 2 components, and their weights are the
+    data's (600 points: binomial SE 0.019, judged at 0.06). A mixture forced to one component
+    (the N(mean, cov) tilt) puts its peak between the modes and fails the first assertion."""
+    x, labels = _shifted_modes(600, 5)
+    lam = tilts.gmm_tilt(x, seed=0)
+    probs = lam.mixture_distribution.probs
+    assert probs.shape == (2,)
+    far = float(probs[lam.component_distribution.loc[:, 0].argmax()])
+    assert abs(far - float(labels.double().mean())) < 0.06, far
+    one = tilts.gmm_tilt(x, 1)
+    assert one.mixture_distribution.probs.shape == (1,)
+
+
 def test_flow_tilt_is_reproducible_and_leaves_the_global_rng_alone():
     x, _ = _shifted_modes(200, 2)
     torch.manual_seed(7)
@@ -98,7 +112,7 @@ def test_default_tilt_is_the_flows_base_as_before():
         assert torch.allclose(trainer.log_prob(x), trainer.flow.base().log_prob(x))
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+@pytest.mark.parametrize("kind", ["gaussian", "gmm", "flow"])
 def test_a_checkpoint_keeps_the_tilt(tmp_path, kind):
     x, _ = _shifted_modes(256, 4)
     trainer = _small(tilt=kind, tilt_steps=20)

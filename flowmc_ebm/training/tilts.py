@@ -38,16 +38,16 @@ from typing import Any
 import torch
 import zuko
 from torch import Tensor
-from torch.distributions import Distribution, MultivariateNormal
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
 
 from flowmc_ebm.energies import FlowTiltedEnergy, TiltedEnergy
 from flowmc_ebm.flows import make_flow
 
-__all__ = ["TILTS", "fit_tilt", "flow_tilt", "gaussian_tilt", "install", "restore_tilt",
+__all__ = ["TILTS", "fit_tilt", "flow_tilt", "gaussian_tilt", "gmm_tilt", "install", "restore_tilt",
            "tilt_state", "tilted_model"]
 
 #: The kinds `fit_tilt` builds (``"base"`` builds nothing: the flow's base is the tilt).
-TILTS = ("base", "gaussian", "flow")
+TILTS = ("base", "gaussian", "gmm", "flow")
 
 
 def _check(data: Any) -> Tensor:
@@ -74,6 +74,39 @@ def gaussian_tilt(data: Tensor) -> MultivariateNormal:
     ridge = 1e-4 * cov.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(data.shape[1], dtype=data.dtype, device=data.device)
     return MultivariateNormal(data.mean(0), covariance_matrix=cov + ridge * eye)
+
+
+def gmm_tilt(data: Tensor, n_components: int = 0, *, max_components: int = 10,
+             seed: int = 0) -> MixtureSameFamily:
+    """A Gaussian mixture fitted to ``data (n, dim)`` by EM (scikit-learn's `GaussianMixture`,
+    full covariances), as a torch distribution.
+
+    Args:
+        n_components: the number of components; 0 picks it by BIC among 1..``max_components``.
+        seed: EM's initialization.
+
+    Example:
+        >>> x = torch.cat([torch.randn(300, 2) - 4, torch.randn(100, 2) + 4])
+        >>> lam = gmm_tilt(x, seed=0)
+        >>> lam.mixture_distribution.probs.shape[0], round(float(lam.mixture_distribution.probs.max()), 2)
+        (2, 0.75)
+    """
+    from sklearn.mixture import GaussianMixture
+
+    data = _check(data)
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 0:
+        raise ValueError(f"n_components must be an int >= 0 (0: chosen by BIC); received "
+                         f"{n_components!r}")
+    x = data.double().cpu().numpy()
+    sizes = [n_components] if n_components else range(1, min(max_components, len(x) // 2) + 1)
+    fits = [GaussianMixture(k, covariance_type="full", n_init=2, random_state=seed).fit(x)
+            for k in sizes]
+    best = min(fits, key=lambda g: g.bic(x))
+    like = {"dtype": data.dtype, "device": data.device}
+    return MixtureSameFamily(
+        Categorical(probs=torch.as_tensor(best.weights_, **like)),
+        MultivariateNormal(torch.as_tensor(best.means_, **like),
+                           covariance_matrix=torch.as_tensor(best.covariances_, **like)))
 
 
 def flow_tilt(data: Tensor, *, kind: str = "realnvp", transforms: int = 4,
@@ -130,6 +163,8 @@ def fit_tilt(kind: str, data: Tensor, *, model_config: Any = None, steps: int = 
         return None
     if kind == "gaussian":
         return gaussian_tilt(data)
+    if kind == "gmm":
+        return gmm_tilt(data, seed=seed)
     if kind == "flow":
         if model_config is None:
             from flowmc_ebm.config import ModelConfig
@@ -160,6 +195,11 @@ def tilt_state(tilt: Distribution | zuko.lazy.Flow | None) -> dict[str, Any] | N
         return {"kind": "flow", "state": tilt.state_dict()}
     if isinstance(tilt, MultivariateNormal):
         return {"kind": "gaussian", "loc": tilt.loc, "covariance": tilt.covariance_matrix}
+    if isinstance(tilt, MixtureSameFamily) and isinstance(tilt.component_distribution,
+                                                          MultivariateNormal):
+        return {"kind": "gmm", "probs": tilt.mixture_distribution.probs,
+                "loc": tilt.component_distribution.loc,
+                "covariance": tilt.component_distribution.covariance_matrix}
     raise ValueError(f"a checkpoint can keep a Gaussian or a flow tilt; this trainer's tilt is a "
                      f"{type(tilt).__name__} (pass it again as tilt= to JointTrainer.load)")
 
@@ -171,6 +211,10 @@ def restore_tilt(state: dict[str, Any] | None, dim: int,
         return None
     if state["kind"] == "gaussian":
         return MultivariateNormal(state["loc"], covariance_matrix=state["covariance"])
+    if state["kind"] == "gmm":
+        return MixtureSameFamily(Categorical(probs=state["probs"]),
+                                 MultivariateNormal(state["loc"],
+                                                    covariance_matrix=state["covariance"]))
     if model_config is None:
         raise ValueError("a flow tilt is rebuilt from the model config; this checkpoint has none")
     flow = make_flow(dim, kind=model_config.flow_kind, transforms=model_config.flow_transforms,

@@ -49,7 +49,7 @@ TRAINER = {
     "energy_l2": (False, "must be a number; received False", -0.1,
                   "must be >= 0.0; received -0.1"),
     "tilt": (1, "must be a string; received 1",
-             "wide", "must be one of base, gaussian, flow; received 'wide'"),
+             "wide", "must be one of base, gaussian, gmm, flow; received 'wide'"),
     "tilt_steps": (10.0, "must be an int; received 10.0", 0, "must be >= 1; received 0"),
     "seed": (1.0, "must be an int; received 1.0", -1, "must be >= 0; received -1"),
     "log_every": ("50", "must be an int; received '50'", 0, "must be >= 1; received 0"),
