@@ -13,11 +13,11 @@ from flowmc_ebm.sa_flow import (
     AutoregressiveEnergyFlow,
     EnergyFlowTrainer,
     SemiAutoregressiveFlow,
-    _blockwise_scores,
     block_sizes,
     joint_energy_loss,
     semi_autoregressive_energy_loss,
 )
+from flowmc_ebm.sa_flow.losses import _blockwise_scores
 
 
 def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
