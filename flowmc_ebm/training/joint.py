@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 import samplers
+from flowmc_ebm._checks import check_positive_int
 from flowmc_ebm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowmc_ebm.config import ModelConfig, TrainerConfig
 from flowmc_ebm.energies import FlowTiltedEnergy, MLPEnergy
@@ -182,8 +183,7 @@ class JointTrainer:
         """
         model = model if model is not None else ModelConfig()
         trainer = trainer if trainer is not None else TrainerConfig()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int; received {dim!r}")
+        check_positive_int(dim, "dim")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(trainer.seed)
             energy = MLPEnergy(dim, model.energy_hidden)
@@ -221,8 +221,7 @@ class JointTrainer:
         Returns:
             Final positions ``(n, dim)``, or the trace ``(n, n_steps, dim)``.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int; received {n!r}")
+        check_positive_int(n, "n")
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
         if self.pool_ is None:
@@ -300,8 +299,8 @@ class JointTrainer:
             ``loss_energy``, ``energy_gap`` (mean E⁺ − mean E⁻), ``energy_pos``, ``energy_neg``,
             ``flow_nll_neg``, ``flow_nll_data``, ``local_accept``, ``global_accept`` (NaN for
             kernels without global moves), ``elapsed`` (seconds), and with a target
-            ``neg_mode_weights`` (the share of the iteration's negatives in each mode); in 2-D with a target, one
-            entry per evaluation under ``eval_iteration`` and ``ebm_mode_weights``; after a
+            ``neg_mode_weights`` (the share of the iteration's negatives in each mode); in 2-D
+            with a target, one entry per evaluation under ``eval_iteration`` and ``ebm_mode_weights``; after a
             divergence, one entry per restart under ``restarts`` (a dict: ``iteration`` where
             it was detected, ``restored_to``, ``reason``, the new ``lr_energy`` and ``lr_flow``).
 
@@ -338,10 +337,7 @@ class JointTrainer:
                              f"n_iterations={n_iterations!r}, epochs={epochs!r}")
         if target is not None and getattr(target, "dim", self.dim) != self.dim:
             raise ValueError(f"target is {target.dim}-D but the model is {self.dim}-D")
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or \
-                checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be a positive int; received "
-                             f"{checkpoint_every!r}")
+        check_positive_int(checkpoint_every, "checkpoint_every")
         for callback in callbacks:
             if not callable(callback):
                 raise TypeError(f"callbacks must be callables; received {type(callback).__name__}")
