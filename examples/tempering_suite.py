@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,17 +123,25 @@ def reference(d):
     return Independent(Normal(torch.zeros(d), 10.0 * torch.ones(d)), 1)
 
 
-def run_pt(target, seed, steps, warmup, chains=16):
+def run_pt(target, seed, steps, warmup, chains=16, **options):
     g = torch.Generator().manual_seed(seed)
     x0 = 2.0 * torch.randn(chains, target.dim, generator=g)
-    kernel = samplers.ParallelTempering(target, reference(target.dim))
+    kernel = samplers.ParallelTempering(target, reference(target.dim), **options)
     t = time.perf_counter()
-    trace = samplers.sample(kernel, x0, steps, warmup=warmup, progress=False, generator=g)
-    wall = time.perf_counter() - t
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trace = samplers.sample(kernel, x0, steps, warmup=warmup, progress=False, generator=g)
+        wall = time.perf_counter() - t
+        log_z, se = kernel.log_normalizer()
     err, w = weight_error(target, trace.samples)
-    log_z, se = kernel.log_normalizer()
+    is_z, is_se = kernel.importance_log_normalizer()
+    basins = kernel.basins
     return {"err": err, "weights": w, "wall_s": wall, "round_trips_per_1000": kernel.round_trip_rate,
             "barrier": kernel.barrier, "K": kernel.n_replicas, "log_z": log_z, "log_z_se": se,
+            "is_log_z": is_z, "is_log_z_se": is_se,
+            "basins": None if basins is None else basins.n,
+            "basin_weights": None if basins is None else basins.weights.tolist(),
+            "warnings": [str(c.message) for c in caught if "parallel tempering" in str(c.message)],
             "betas": kernel.betas.tolist(), "swap_accept": kernel.swap_accept_rates().tolist(),
             "invalid": int(trace.stats["invalid"].sum())}, trace
 
@@ -163,6 +172,10 @@ def suite(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, traces = [], {}
+    # --pt-only: PT is rerun, MALA's and FlowMC's per-seed results are taken from --reuse (a
+    # previous suite.json with the same settings for them).
+    old = {r["name"]: r for r in json.loads(Path(args.reuse).read_text())} if args.pt_only else {}
+    pt_options = {} if not args.fixed_reference else {"adapt_reference": False}
     for target in targets():
         if args.only and target.name not in args.only:
             continue
@@ -170,20 +183,25 @@ def suite(args):
         row = {**target.describe(), "truth": target.weights.tolist(), "steps": steps,
                "warmup": args.warmup, "pt": [], "mala": [], "flowmc": []}
         for seed in range(args.seeds):
-            pt, tr = run_pt(target, seed, steps, args.warmup)
+            pt, tr = run_pt(target, seed, steps, args.warmup, **pt_options)
             row["pt"].append(pt)
-            ma, trm = run_mala(target, seed, steps, args.warmup)
+            if args.pt_only:
+                ma, fm = old[target.name]["mala"][seed], old[target.name]["flowmc"][seed]
+                trm = trf = None
+            else:
+                ma, trm = run_mala(target, seed, steps, args.warmup)
+                fm, trf = run_flowmc(target, seed, args.flowmc_steps, args.flowmc_warmup)
             row["mala"].append(ma)
-            fm, trf = run_flowmc(target, seed, args.flowmc_steps, args.flowmc_warmup)
             row["flowmc"].append(fm)
             if seed == 0:
                 traces[target.name] = (tr, trm, trf)
             print(f"{target.name} seed {seed}: PT err {pt['err']:.3f} ({pt['wall_s']:.0f} s, K={pt['K']}, "
                   f"Λ={pt['barrier']:.2f}, rt/1000={pt['round_trips_per_1000']:.1f}, "
-                  f"log Z={pt['log_z']:.3f}±{pt['log_z_se']:.3f}) | MALA {ma['err']:.3f} | "
+                  f"log Z={pt['log_z']:.3f}±{pt['log_z_se']:.3f}, IS {pt['is_log_z']:.3f}, "
+                  f"{len(pt['warnings'])} warnings) | MALA {ma['err']:.3f} | "
                   f"FlowMC {fm['err']:.3f}", flush=True)
         rows.append(row)
-        (out / "suite.json").write_text(json.dumps(rows, indent=1))
+        (out / args.name).write_text(json.dumps(rows, indent=1))
     figures(rows, traces, out)
     print(table(rows))
 
@@ -230,10 +248,12 @@ def figures(rows, traces, out):
     fig.savefig(out / "mode_weights.png", dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 7.5), squeeze=False)
+    labels = ["PT", "MALA", "FlowMC"]
+    shown = [i for i in range(3) if traces[rows[0]["name"]][i] is not None]  # --pt-only: PT only
+    fig, axes = plt.subplots(len(shown), n, figsize=(2.6 * n, 2.5 * len(shown)), squeeze=False)
     for col, r in enumerate(rows):
-        for row_i, (trace, label) in enumerate(zip(traces[r["name"]], ["PT", "MALA", "FlowMC"],
-                                                   strict=True)):
+        for row_i, i in enumerate(shown):
+            trace, label = traces[r["name"]][i], labels[i]
             ax = axes[row_i][col]
             x = trace.samples.reshape(-1, r["dim"])
             x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:4000]]
@@ -301,6 +321,12 @@ def main():
     p.add_argument("--flowmc-steps", type=int, default=1000)
     p.add_argument("--flowmc-warmup", type=int, default=500)
     p.add_argument("--only", nargs="*")
+    p.add_argument("--name", default="suite.json", help="the results file under --out")
+    p.add_argument("--pt-only", action="store_true",
+                   help="rerun PT only; MALA and FlowMC per-seed results from --reuse")
+    p.add_argument("--reuse", default="docs/figures/tempering/suite.json")
+    p.add_argument("--fixed-reference", action="store_true",
+                   help="PT from the given reference only (adapt_reference=False): the old default")
     p.add_argument("--coverage", action="store_true")
     p.add_argument("--quick", action="store_true", help="one seed, few steps, two targets")
     args = p.parse_args()

@@ -16,6 +16,8 @@ error (`ParallelTempering.log_normalizer`).
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +30,10 @@ from torch.distributions import Distribution
 from ._checks import check_log_prob_fn, check_positions, check_positive_int, check_step_size
 from .base import Info, Kernel, LogProb, State
 from .independent import draw, resolve
+from .mode_search import Basins, ModeMixture, find_basins
 from .proposal import event_view, mh_accept
 from .schedule import optimal_schedule, replicas_for_barrier
-from .stepping_stone import SteppingStoneSums
+from .stepping_stone import ImportanceSums, SteppingStoneSums
 from .tempered_path import PathMALA, PathState, TemperedPath, mix, path_state
 
 KernelFactory = Callable[[LogProb], Kernel]
@@ -52,6 +55,9 @@ class TemperingState(State):
         swap_sum, swap_count: summed swap acceptance probabilities and attempts per pair ``(K−1,)``.
         invalid_sum: swaps refused because a log-density or gradient was not finite ``(K−1,)``.
         stones: the stepping-stone sums since the counters were reset.
+        importance: importance-sampling sums of the fresh reference draws (an independent log Z).
+        basin_hits: draws of the β = 1 replicas in each basin the mode search found ``(M,)``
+            (``None`` without a search), since the search during warm-up, then since warm-up.
         count: steps taken in all (its parity chooses even or odd swaps).
         local_info: the last local step's `Info`, which the warm-up feeds to the local kernel.
     """
@@ -68,6 +74,8 @@ class TemperingState(State):
     swap_count: Tensor | None = None
     invalid_sum: Tensor | None = None
     stones: SteppingStoneSums | None = None
+    importance: ImportanceSums | None = None
+    basin_hits: Tensor | None = None
     count: int = 0
     local_info: Info | None = None
 
@@ -79,6 +87,7 @@ class TemperingWarmup:
     round_len: int  # steps in the current round
     in_round: int  # steps taken in the current round
     history: list[dict]  # per round: betas, rejection, barrier
+    searched: bool = False  # the mode search has run
 
 
 def swap_log_ratio(delta_beta: Tensor, ell_low: Tensor, ell_high: Tensor) -> Tensor:
@@ -110,10 +119,23 @@ class ParallelTempering(Kernel):
         local_step_size: initial step size of the default MALA.
         tune_schedule: tune the schedule during warm-up (rounds of 32, 64, 128, … steps).
         first_round: length of the first warm-up round.
+        mode_search: starts of the mode search run at the first warm-up step (3/4 drawn from
+            ``reference``, 1/4 around the chains; 600 steps of batched gradient ascent each, see
+            `samplers.mode_search`); 0 turns it off. The basins it finds are used to build the
+            reference (``adapt_reference``) and to check, after the run, that the β = 1 replicas
+            visit every one of them (`check`).
+        adapt_reference: temper from `ModeMixture` (a Gaussian mixture on the basins found, with
+            share ``base_weight`` of ``reference``) instead of ``reference`` alone. Frozen after
+            the search: the kernel stays exact at β = 1 and log Z stays valid.
+        base_weight: the user reference's share of the adapted reference.
 
     After a run: ``kernel.betas`` ``(K,)``, ``kernel.swap_accept_rates`` ``(K−1,)``,
     ``kernel.barrier`` (Λ), ``kernel.round_trip_rate`` (round trips per chain per 1000 steps),
-    ``kernel.log_normalizer()`` (``(log Z, SE)``) describe the post-warm-up draws.
+    ``kernel.log_normalizer()`` (``(log Z, SE)``) describe the post-warm-up draws;
+    ``kernel.basins`` (what the mode search found), ``kernel.check()`` (warnings: basins the β = 1
+    replicas do not visit, importance sampling finding more mass than stepping stone) and
+    ``kernel.missing_mass`` (whether there are any) say whether to trust them. The same warnings
+    are raised (`warnings.warn`) at the end of warm-up and by ``log_normalizer``.
 
     Example:
         >>> from torch.distributions import Independent, Normal
@@ -130,7 +152,8 @@ class ParallelTempering(Kernel):
     def __init__(self, log_prob: LogProb, reference: Distribution | Callable[[], Distribution],
                  n_replicas: int | None = None, betas: Tensor | None = None,
                  local: KernelFactory | None = None, local_step_size: float = 0.1,
-                 tune_schedule: bool = True, first_round: int = 32):
+                 tune_schedule: bool = True, first_round: int = 32, mode_search: int = 1024,
+                 adapt_reference: bool = True, base_weight: float = 0.1):
         check_log_prob_fn(log_prob)
         if isinstance(reference, Distribution):
             if not (hasattr(reference, "log_prob") and hasattr(reference, "sample")):
@@ -153,10 +176,20 @@ class ParallelTempering(Kernel):
                 raise ValueError(f"betas must increase strictly from 0 to 1; got {betas.tolist()}")
             if n_replicas is not None and n_replicas != betas.numel():
                 raise ValueError(f"n_replicas={n_replicas} but betas has {betas.numel()} entries")
+        if not isinstance(mode_search, int) or isinstance(mode_search, bool) or mode_search < 0:
+            raise ValueError(f"mode_search must be a number of starts >= 0 (0: no search); "
+                             f"got {mode_search!r}")
+        if not 0.0 < float(base_weight) < 1.0:
+            raise ValueError(f"base_weight must lie in (0, 1); got {base_weight!r}")
         if local is not None and not callable(local):
             raise TypeError(f"local must be a factory log_prob -> Kernel; got {type(local).__name__}")
         self.log_prob = log_prob
         self.reference = reference
+        self.user_reference = reference
+        self.mode_search = mode_search
+        self.adapt_reference = adapt_reference
+        self.base_weight = float(base_weight)
+        self.basins: Basins | None = None
         self.fixed_replicas = n_replicas is not None or betas is not None
         k = betas.numel() if betas is not None else (n_replicas or 12)
         self._betas = betas if betas is not None else torch.linspace(0, 1, k, dtype=torch.float64) ** 3
@@ -224,14 +257,21 @@ class ParallelTempering(Kernel):
         base = s.local if s.local is not None else State(x, mix(rows, lr, lt), g, step_size)
         return base.replace(x=x, log_prob=mix(rows, lr, lt), grad=g, step_size=step_size)
 
-    def _fresh_counters(self, s: TemperingState) -> TemperingState:
+    def _fresh_counters(self, s: TemperingState, hits: bool = True) -> TemperingState:
+        """Counters reset; the basin visits too unless ``hits`` is False (between warm-up rounds
+        they keep counting, so the end of warm-up can check them)."""
         k, n = s.log_target.shape
         dev = s.log_target.device
         z = torch.zeros(k - 1, dtype=torch.float64, device=dev)
+        basin_hits = s.basin_hits
+        if hits or basin_hits is None:
+            basin_hits = (None if self.basins is None
+                          else torch.zeros(self.basins.n, dtype=torch.int64, device=dev))
         return s.replace(round_trips=torch.zeros(n, dtype=torch.int64, device=dev),
                          phase=torch.zeros(k, n, dtype=torch.int8, device=dev),
                          swap_sum=z, swap_count=z.clone(), invalid_sum=z.clone(),
-                         stones=SteppingStoneSums.zeros(k - 1, n, dev))
+                         stones=SteppingStoneSums.zeros(k - 1, n, dev),
+                         importance=ImportanceSums.zeros(n, dev), basin_hits=basin_hits)
 
     def init(self, x: Tensor) -> TemperingState:
         x = check_positions(x)
@@ -279,6 +319,7 @@ class ParallelTempering(Kernel):
 
         # DEO swaps: pairs (k, k+1) with k of the step's parity, all at once.
         ell = lt - lr
+        importance = s.importance.add(ell[0])  # slot 0 is a fresh reference draw until the swaps
         db = (b[1:] - b[:-1]).unsqueeze(1)  # (K−1, 1)
         log_ratio = swap_log_ratio(db, ell[:-1], ell[1:])
         ok = torch.isfinite(ell)
@@ -309,6 +350,13 @@ class ParallelTempering(Kernel):
         phase = phase.clone()
         phase[0] = 1
         phase[-1] = torch.where(phase[-1] == 1, 2, phase[-1]).to(phase.dtype)
+        extras = {"swap_accept": prob.sum(0) / active.sum().clamp_min(1),
+                  "round_trips": round_trips.to(s.x.dtype)}
+        basin_hits = s.basin_hits
+        if self.basins is not None and basin_hits is not None:
+            where = self.basins.assign(ladder[-1])
+            basin_hits = basin_hits + torch.bincount(where, minlength=self.basins.n)
+            extras["basin"] = where.to(s.x.dtype)
 
         new = TemperingState(x=ladder[-1], log_prob=lt[-1], ladder=ladder, log_target=lt,
                              log_ref=lr, grad_target=gt, grad_ref=gr, phase=phase,
@@ -316,16 +364,14 @@ class ParallelTempering(Kernel):
                              swap_sum=s.swap_sum + prob.double().sum(1),
                              swap_count=s.swap_count + active.squeeze(1).double() * n,
                              invalid_sum=s.invalid_sum + bad.double().sum(1),
-                             stones=s.stones.add(db.squeeze(1), lt - lr),
-                             count=s.count + 1, local=local, local_info=linfo)
+                             stones=s.stones.add(db.squeeze(1), lt - lr), importance=importance,
+                             basin_hits=basin_hits, count=s.count + 1, local=local, local_info=linfo)
         new.local = self._local_state(new, b, local.step_size)
         top = slice((k - 2) * n, (k - 1) * n)
         invalid = linfo.invalid.view(k - 1, n).sum(0) + bad.sum(0).to(torch.int32)
         info = Info(linfo.accept_prob[top], linfo.accepted[top] | acc[-1],
                     None if linfo.step_size is None else linfo.step_size[top],
-                    invalid.to(torch.int32),
-                    {"swap_accept": prob.sum(0) / active.sum().clamp_min(1),
-                     "round_trips": round_trips.to(s.x.dtype)})
+                    invalid.to(torch.int32), extras)
         self.last_state = new
         return new, info
 
@@ -337,6 +383,13 @@ class ParallelTempering(Kernel):
     def warmup_update(self, wstate: TemperingWarmup, state: TemperingState, info: Info,
                       generator: torch.Generator | None = None
                       ) -> tuple[TemperingWarmup, TemperingState]:
+        if not wstate.searched:
+            wstate.searched = True
+            if self.mode_search:
+                state = self._search(state, generator)
+                wstate.local = self.local.warmup_init(state.local)
+                wstate.in_round = 0
+                return wstate, state
         wstate.local, local = self.local.warmup_update(wstate.local, state.local, state.local_info,
                                                        generator)
         state = state.replace(local=local)
@@ -382,7 +435,7 @@ class ParallelTempering(Kernel):
         self._betas = new_betas
         t = s.replace(ladder=take(s.ladder), log_target=take(s.log_target), log_ref=take(s.log_ref),
                       grad_target=take(s.grad_target), grad_ref=take(s.grad_ref))
-        t = self._fresh_counters(t)
+        t = self._fresh_counters(t, hits=False)
         b = self._set_rows(n, s.x)
         t.local = self._local_state(t, b, new_h)
         self.last_state = t
@@ -390,10 +443,133 @@ class ParallelTempering(Kernel):
 
     def warmup_final(self, wstate: TemperingWarmup, state: TemperingState) -> TemperingState:
         self.history = wstate.history
+        for message in self._unvisited(state, "during warm-up"):
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         local = self.local.warmup_final(wstate.local, state.local)
         state = self._fresh_counters(state.replace(local=local))
         self.last_state = state
         return state
+
+    # -- the mode search -----------------------------------------------------------------------
+
+    def _search(self, state: TemperingState, generator: torch.Generator | None) -> TemperingState:
+        """Find the basins from 3/4 reference draws and 1/4 draws around the chains (twice their
+        spread); with ``adapt_reference`` the ladder is then moved onto `ModeMixture`."""
+        x1 = state.ladder[-1]
+        n, event = x1.shape[0], x1.shape[1:]
+        n_ref = self.mode_search - self.mode_search // 4
+        ref_draws = draw(self.user_reference, (n_ref,), generator)[0]
+        flat = x1.reshape(n, -1)
+        max_scale = float(ref_draws.reshape(n_ref, -1).std(0).max())
+        sd = (flat.std(0) if n > 1 else torch.zeros_like(flat[0])).clamp_min(1e-2 * max_scale)
+        noise = torch.randn(self.mode_search // 4, flat.shape[1], generator=generator,
+                            device=flat.device, dtype=flat.dtype)
+        near = (flat.mean(0) + 2 * sd * noise).view(-1, *event)
+        starts = torch.cat([ref_draws, near])
+        self.basins = find_basins(self.log_prob, starts, max_scale)
+        if self.basins is None:
+            warnings.warn("the mode search found no finite optimum: tempering from the reference "
+                          "alone, without the basin check", RuntimeWarning, stacklevel=3)
+            return state
+        if self.adapt_reference:
+            self._use_basins()
+        return self._recompute(state)
+
+    def _use_basins(self) -> None:
+        self.reference = ModeMixture(self.basins, self.user_reference, self.base_weight)
+        self.path.reference = self.reference
+
+    def _recompute(self, s: TemperingState) -> TemperingState:
+        """Both log-densities of the whole ladder again (after the reference changed), counters
+        reset, the local state rebuilt with its step sizes."""
+        k, n = s.log_target.shape
+        event = s.ladder.shape[2:]
+        grad = s.grad_target is not None
+        lt, lr, gt, gr = self.path.components(s.ladder.reshape(-1, *event), grad)
+        t = s.replace(log_target=lt.view(k, n), log_ref=lr.view(k, n),
+                      grad_target=None if gt is None else gt.view(s.ladder.shape),
+                      grad_ref=None if gr is None else gr.view(s.ladder.shape))
+        t = self._fresh_counters(t)
+        t.local = self._local_state(t, self._set_rows(n, s.x), s.local.step_size)
+        self.last_state = t
+        return t
+
+    # -- is the answer trustworthy -------------------------------------------------------------
+
+    def _unvisited(self, s: TemperingState, when: str) -> list[str]:
+        """A basin the search found (a proper mode, Laplace weight >= 0.01) in which the β = 1
+        replicas spent less than a tenth of its Laplace weight."""
+        if self.basins is None or s.basin_hits is None:
+            return []
+        hits = s.basin_hits.double().cpu()
+        total = float(hits.sum())
+        if total == 0:
+            return []
+        w = self.basins.weights.double().cpu()
+        frac = hits / total
+        bad = self.basins.proper.cpu() & (w >= 0.01) & (frac < 0.1 * w)
+        if not bool(bad.any()):
+            return []
+        idx = bad.nonzero().flatten().tolist()
+        where = ", ".join(f"basin {i} (Laplace weight {float(w[i]):.3f}, β = 1 share "
+                          f"{float(frac[i]):.4f}, at {self._short(i)})" for i in idx)
+        return [f"parallel tempering: the mode search found basins the β = 1 replicas do not "
+                f"populate {when}: {where}. Mode weights and log Z miss their mass; tempering "
+                "from the found modes (adapt_reference=True) or a longer run may help."]
+
+    def _short(self, i: int) -> str:
+        loc = self.basins.loc[i].cpu()
+        top = loc.abs().argsort(descending=True)[:3].tolist()
+        coords = ", ".join(f"x[{j}] = {float(loc[j]):.2f}" for j in sorted(top))
+        return coords + (", others smaller" if loc.numel() > 3 else "")
+
+    def check(self, state: TemperingState | None = None) -> list[str]:
+        """Warnings about the post-warm-up draws, empty if there is no evidence of mass the
+        ladder misses: (1) a basin the mode search found that the β = 1 replicas populate at less
+        than a tenth of its Laplace weight; (2) importance sampling from the reference
+        (`importance_log_normalizer`) finding more mass than stepping stone by over 4 combined SEs
+        (and over 0.05)."""
+        s = self._state(state)
+        messages = self._unvisited(s, "after warm-up")
+        if s.importance is not None and s.importance.steps > 0:
+            lz_is, se_is = s.importance.estimate()
+            lz_ss, se_ss = s.stones.estimate()
+            gap = lz_is - lz_ss
+            tol = 4 * math.sqrt(se_is**2 + se_ss**2)
+            if math.isfinite(gap) and math.isfinite(tol) and gap > max(tol, 0.05):
+                messages.append(
+                    f"parallel tempering: importance sampling from the reference gives log Z = "
+                    f"{lz_is:.3f} ± {se_is:.3f}, stepping stone {lz_ss:.3f} ± {se_ss:.3f}: the "
+                    "reference finds mass the β = 1 replicas do not reach; mode weights and log Z "
+                    "from the ladder are not to be trusted.")
+        return messages
+
+    @property
+    def missing_mass(self) -> bool:
+        """True when `check` has a warning about the post-warm-up draws."""
+        return bool(self.check())
+
+    def importance_log_normalizer(self, state: TemperingState | None = None,
+                                  chains: Tensor | slice | None = None) -> tuple[float, float]:
+        """``(log Z, SE)`` by importance sampling from the reference's fresh draws at β = 0 since
+        warm-up: independent of the ladder, good when the (adapted) reference is close to the
+        target, low (never high, on average) when it misses mass."""
+        return self._state(state).importance.estimate(chains)
+
+    def params_state_dict(self) -> dict[str, Any]:
+        out = super().params_state_dict()
+        if self.basins is not None:
+            out["basins"] = {k: v.detach().clone() for k, v in self.basins.to_plain().items()}
+        return out
+
+    def load_params_state_dict(self, saved: dict[str, Any]) -> bool:
+        restored = super().load_params_state_dict(saved)
+        if "basins" in saved:
+            self.basins = Basins(**saved["basins"])
+            if self.adapt_reference:
+                self._use_basins()
+            restored = True
+        return restored
 
     # -- what the run measured -----------------------------------------------------------------
 
@@ -426,6 +602,8 @@ class ParallelTempering(Kernel):
         draws since warm-up. ``chains`` selects a subset of the chains (independent ladders), e.g.
         to check the error bar over repeats. The SE is NaN with fewer than 16 (block, chain) units.
         """
+        for message in self.check(state):
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         return self._state(state).stones.estimate(chains)
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ within 4 MCSEs of the indicator means; log Z within 3 of its own standard errors
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -62,9 +63,11 @@ def run(kernel, x0, n_steps, warmup, seed):
                          ids=["path_mala", "any_kernel"])
 def test_parallel_tempering_leaves_gaussian_invariant_at_beta_one(local):
     # The default local kernel keeps both log-densities in its state; any other kernel gets them
-    # from one more evaluation per step: both paths must be exact.
+    # from one more evaluation per step: both paths must be exact. The first runs from the
+    # reference the mode search builds (the default), the second from the broad one alone.
     x0 = MEAN + torch.randn(64, D, generator=torch.Generator().manual_seed(0))
-    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=4, local=local)
+    kernel = samplers.ParallelTempering(GAUSS.log_prob, broad(D, 4.0), n_replicas=4, local=local,
+                                        mode_search=1024 if local is None else 0)
     trace = run(kernel, x0, 600, 300, seed=10)
     z = moment_zscores(trace.samples, MEAN, COV)
     assert np.abs(z).max() < Z_TOL, f"worst z-score {np.abs(z).max():.2f}"
@@ -85,7 +88,7 @@ def test_defaults_find_every_mode_from_a_broad_start_and_estimate_log_z():
     target = three_modes(2, log_c=3.7)
     x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))  # all near the origin
     kernel = samplers.ParallelTempering(target, broad(2, 10.0))
-    trace = run(kernel, x0, 1500, 700, seed=2)
+    trace = run(kernel, x0, 800, 400, seed=2)
     labels = target.assign(trace.samples)  # (chains, draws)
     # Chains are independent ladders: the SE of a weight is the spread of the chains' occupancies.
     occupancy = torch.stack([(labels == m).double().mean(1) for m in range(3)], 1)  # (chains, 3)
@@ -95,9 +98,60 @@ def test_defaults_find_every_mode_from_a_broad_start_and_estimate_log_z():
     log_z, log_z_se = kernel.log_normalizer()
     assert log_z_se <= 0.05, log_z_se
     assert abs(log_z - 3.7) <= 3 * log_z_se, (log_z, log_z_se)
-    assert kernel.barrier > 0.5 and kernel.round_trip_rate > 10
-    assert trace.stats["swap_accept"].shape == (16, 1500)
+    # The mode search found the three basins and the ladder runs from a reference built on them:
+    # a low barrier, many round trips, nothing flagged.
+    assert kernel.basins.n == 3 and kernel.barrier < 1.0 and kernel.round_trip_rate > 10
+    assert kernel.check() == [] and not kernel.missing_mass
+    assert trace.stats["swap_accept"].shape == (16, 800)
+    # Per draw, the basin each chain's β = 1 replica is in.
+    torch.testing.assert_close(trace.stats["basin"].long(), kernel.basins.assign(
+        trace.samples.reshape(-1, 2)).view(16, 800))
     assert bool((trace.stats["round_trips"].diff(dim=1) >= 0).all())
+
+
+def pt_warnings(kernel, x0, n_steps, warmup, seed):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trace = run(kernel, x0, n_steps, warmup, seed)
+        log_z = kernel.log_normalizer()
+    return trace, log_z, [str(c.message) for c in caught if "parallel tempering" in str(c.message)]
+
+
+def test_narrow_modes_lost_by_a_fixed_reference_are_flagged():
+    # Modes 3x and 2x narrower in all 8 coordinates: tempering from the broad reference alone
+    # keeps none of the 0.3 mode (its weight at β is ∝ 0.3^(8(1−β))), and its log Z is off by
+    # about 0.6 with an SE of 0.1. The mode search found that basin; the check must say so.
+    target = three_modes(8, log_c=1.5)
+    x0 = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    kernel = samplers.ParallelTempering(target, broad(8, 10.0), adapt_reference=False)
+    trace, _, messages = pt_warnings(kernel, x0, 300, 300, seed=10)
+    share = (target.assign(trace.samples) == 1).double().mean()
+    assert share < 0.05, share  # the failure is there ...
+    assert kernel.basins.n == 3 and kernel.missing_mass  # ... and is reported
+    assert any("do not populate" in m and "basin" in m for m in messages), messages
+
+
+def test_reference_built_from_the_mode_search_recovers_narrow_modes_and_log_z():
+    # The same target with the default (adapted) reference: weights within 4 SE of the chains'
+    # occupancies, stepping-stone and importance log Z within 3 of their SEs, nothing flagged.
+    target = three_modes(8, log_c=1.5)
+    x0 = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    kernel = samplers.ParallelTempering(target, broad(8, 10.0))
+    trace, (log_z, se), messages = pt_warnings(kernel, x0, 300, 300, seed=10)
+    labels = target.assign(trace.samples)
+    occupancy = torch.stack([(labels == m).double().mean(1) for m in range(3)], 1)
+    occ_se = occupancy.std(0) / math.sqrt(occupancy.shape[0])
+    err = (occupancy.mean(0) - target.weights.double()).abs()
+    assert bool((err < 4 * occ_se + 1e-3).all()), (err.tolist(), occ_se.tolist())
+    assert se <= 0.05 and abs(log_z - 1.5) <= 3 * se, (log_z, se)
+    is_z, is_se = kernel.importance_log_normalizer()
+    assert abs(is_z - 1.5) <= 3 * is_se, (is_z, is_se)
+    assert messages == [] and not kernel.missing_mass
+    # The adapted reference is part of the kernel's saved parameters (a resumed run uses it).
+    fresh = samplers.ParallelTempering(target, broad(8, 10.0))
+    assert fresh.load_params_state_dict(kernel.params_state_dict())
+    assert type(fresh.reference).__name__ == "ModeMixture" and fresh.basins.n == 3
+    torch.testing.assert_close(fresh.reference.log_prob(x0), kernel.reference.log_prob(x0))
 
 
 def test_mala_alone_misses_the_modes_that_tempering_finds():
