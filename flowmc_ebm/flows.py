@@ -30,6 +30,7 @@ import zuko
 from torch import nn
 from torch.distributions import Distribution
 
+from flowmc_ebm._checks import check_positive_int
 from flowmc_ebm.spline import SplineCouplingFlow
 
 __all__ = ["FLOW_KINDS", "base_distribution", "make_flow"]
@@ -90,10 +91,8 @@ def make_flow(
     """
     if kind not in _CONSTRUCTORS:
         raise ValueError(f"unknown flow kind {kind!r}; known kinds: {', '.join(FLOW_KINDS)}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int; received {dim!r}")
-    if isinstance(transforms, bool) or not isinstance(transforms, int) or transforms < 1:
-        raise ValueError(f"transforms must be a positive int; received {transforms!r}")
+    check_positive_int(dim, "dim")
+    check_positive_int(transforms, "transforms")
     if not base_scale > 0:
         raise ValueError(f"base_scale must be positive; received {base_scale!r}")
 

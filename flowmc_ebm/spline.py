@@ -38,6 +38,8 @@ import zuko
 from torch import BoolTensor, Tensor, nn
 from torch.distributions import Transform, constraints
 
+from flowmc_ebm._checks import check_positive_int
+
 __all__ = [
     "SplineCoupling",
     "SplineCouplingFlow",
@@ -392,8 +394,7 @@ class SplineCouplingTransform(zuko.lazy.LazyTransform):
         **kwargs,
     ) -> None:
         super().__init__()
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an int >= 2; received {bins!r}")
+        check_positive_int(bins, "bins", minimum=2)
         if not bound > 0:
             raise ValueError(f"bound must be positive; received {bound!r}")
         if not 1e-8 <= slope < 1:
