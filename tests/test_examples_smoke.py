@@ -75,3 +75,17 @@ def test_saef_experiment(tmp_path, part, args):
     run_example("saef_experiment.py", "--part", part, *args, "--out", str(tmp_path))
     assert json.loads((tmp_path / f"results_{part}.json").read_text())
     assert (tmp_path / f"table_{part}.md").read_text().count("|") > 4
+
+
+def test_real_data(tmp_path):
+    run_example("real_data.py", "--datasets", "digits147", "--methods", "floor", "gmm", "flowmc",
+                "--seeds", "0", "--copies", "1", "--pca", "4", "--iterations", "4", "--pool", "64",
+                "--negatives", "32", "--batch", "32", "--log-every", "2", "--eval-chains", "16",
+                "--eval-steps", "6", "--eval-burn", "2", "--eval-thin", "1", "--is-draws", "200",
+                "--out", str(tmp_path))
+    runs = json.loads((tmp_path / "results.json").read_text())["digits147"]
+    assert set(runs) == {"floor", "gmm", "flowmc-gmm"}
+    for rows in runs.values():
+        assert abs(sum(rows[0]["samples"]["weights"]) - 1) < 1e-9
+    assert len(runs["flowmc-gmm"][0]["importance"]["weights"]) == 3
+    assert (tmp_path / "samples_digits147_flowmc-gmm_seed0.png").stat().st_size > 0
