@@ -30,7 +30,7 @@ from samplers.rundir import atomic_write, fsync_directory
 from samplers.trace import read_limit
 
 __all__ = ["FORMAT", "LATEST", "checkpoint_path", "latest_checkpoint", "list_checkpoints",
-           "load_checkpoint", "save_checkpoint", "write_numbered_checkpoint"]
+           "load_checkpoint", "point_latest", "save_checkpoint", "write_numbered_checkpoint"]
 
 #: Tag stored in every checkpoint; its ``kind`` says what wrote it (e.g. ``"trainer"``).
 FORMAT = "flowmc-ebm-checkpoint-v1"
@@ -163,14 +163,28 @@ def write_numbered_checkpoint(state: dict[str, Any], directory: str | Path, iter
     return path
 
 
-def _point_latest(path: Path, latest: Path, state: dict[str, Any], kind: str) -> None:
+def point_latest(path: str | Path) -> None:
+    """Make ``last.pt`` of ``path``'s directory the same file as ``path`` (a resumed run whose
+    predecessor was killed between writing ``path`` and pointing ``last.pt`` at it). Hold the
+    directory's `samplers.rundir.RunLock`."""
+    path = Path(path)
+    latest = path.parent / LATEST
+    if latest.exists() and os.path.samefile(path, latest):
+        return
+    _point_latest(path, latest, None, "")
+
+
+def _point_latest(path: Path, latest: Path, state: dict[str, Any] | None, kind: str) -> None:
     """Make ``latest`` the same file as ``path`` in one atomic rename."""
     tmp = latest.parent / f".{latest.name}.{os.getpid()}.link"
     tmp.unlink(missing_ok=True)
     try:
         os.link(path, tmp)
     except OSError:  # pragma: no cover - file systems without hard links
-        save_checkpoint(state, latest, kind)
+        if state is None:
+            atomic_write(latest, path.read_bytes())
+        else:
+            save_checkpoint(state, latest, kind)
         return
     try:
         os.replace(tmp, latest)

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from flowmc_ebm.checkpoint import LATEST, latest_checkpoint, list_checkpoints
+from flowmc_ebm.checkpoint import LATEST, latest_checkpoint, list_checkpoints, point_latest
 from flowmc_ebm.commands import make_output_directory
 from flowmc_ebm.config import SAMPLERS, TARGETS, RunConfig, load_config, parse_overrides
 from flowmc_ebm.evaluation import (
@@ -185,6 +185,8 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
     if checkpoint is not None:
         trainer = JointTrainer.load(checkpoint)
         print(f"resuming from {checkpoint} (iteration {trainer.iteration_})", flush=True)
+        if checkpoint.name != LATEST:  # a run killed before it pointed last.pt at its newest
+            point_latest(checkpoint)
     else:
         trainer_config = config.trainer
         if trainer_config.lr_decay != "none" and trainer_config.lr_decay_iterations == 0:
