@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowmc_ebm.config_fields import read_table, spec, validate
 from flowmc_ebm.targets import TARGETS as _TARGET_REGISTRY
 
 if sys.version_info >= (3, 11):
@@ -40,84 +40,6 @@ __all__ = ["SAMPLERS", "TARGETS", "TRAINER_GROUPS", "ModelConfig", "RunConfig", 
 SAMPLERS = ("flowmc", "ula", "mala", "nt")
 #: Target names: the keys of the one registry, `flowmc_ebm.targets.TARGETS`.
 TARGETS = tuple(_TARGET_REGISTRY)
-
-
-def _spec(default: Any, *, low: float | None = None, low_open: bool = False,
-          choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field carrying its allowed values, checked by `_validate`."""
-    return field(default=default, metadata={"low": low, "low_open": low_open, "choices": choices})
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is tuple:
-        return "a list of ints"
-    return {int: "an int", float: "a number", str: "a string"}[hint]
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """``value`` as the field's type, or a TypeError naming the field, expected and received."""
-    bad = TypeError(f"{name} must be {_type_name(hint)}; received {value!r} "
-                    f"({type(value).__name__})")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite; received {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)) or any(
-                isinstance(v, bool) or not isinstance(v, int) for v in value):
-            raise bad
-        return tuple(value)
-    raise TypeError(f"{name}: unsupported field type {hint!r}")  # pragma: no cover
-
-
-def _check_range(value: Any, meta: dict, name: str) -> None:
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}; received {value!r}")
-    low = meta.get("low")
-    if low is None:
-        return
-    strict = meta.get("low_open")
-    for v in value if isinstance(value, tuple) else (value,):
-        if v <= low if strict else v < low:
-            raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; received {value!r}")
-
-
-def _validate(record: Any, section: str) -> None:
-    """Coerce and range-check every field of a config dataclass in place."""
-    hints = typing.get_type_hints(type(record))
-    for f in dataclasses.fields(record):
-        if f.name in _NESTED or f.name in _FREE_TABLES:
-            continue
-        name = f"{section}.{f.name}" if section else f.name
-        value = _coerce(getattr(record, f.name), hints[f.name], name)
-        _check_range(value, f.metadata, name)
-        object.__setattr__(record, f.name, value)
-
-
-def _from_dict(cls: type, data: Any, section: str, tables: tuple[str, ...] = ()) -> Any:
-    where = section or "the config"
-    if not isinstance(data, dict):
-        raise TypeError(f"{where} must be a table (dict); received {type(data).__name__}")
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in known:
-            name = f"{section}.{key}" if section else key
-            raise ValueError(f"unknown key {name}; known keys: {', '.join([*known, *tables])}")
-    kwargs = dict(data)
-    for key, sub in _NESTED.items():
-        if key in kwargs and key in known:
-            kwargs[key] = sub.from_dict(kwargs[key])
-    return cls(**kwargs)
 
 
 #: The sub-tables of ``[trainer]`` and the `TrainerConfig` fields each holds. The fields stay
@@ -182,18 +104,18 @@ class ModelConfig:
         base_scale: standard deviation of the flow's Gaussian base ``λ`` (the EBM's tilt).
     """
 
-    energy_hidden: tuple[int, ...] = _spec((128, 128), low=1)
-    flow_kind: str = _spec("realnvp", choices=("realnvp", "nsf", "maf"))
-    flow_transforms: int = _spec(4, low=1)
-    flow_hidden: tuple[int, ...] = _spec((64, 64), low=1)
-    base_scale: float = _spec(1.0, low=0.0, low_open=True)
+    energy_hidden: tuple[int, ...] = spec((128, 128), low=1)
+    flow_kind: str = spec("realnvp", choices=("realnvp", "nsf", "maf"))
+    flow_transforms: int = spec(4, low=1)
+    flow_hidden: tuple[int, ...] = spec((64, 64), low=1)
+    base_scale: float = spec(1.0, low=0.0, low_open=True)
 
     def __post_init__(self) -> None:
-        _validate(self, "model")
+        validate(self, "model")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        return _from_dict(cls, data, "model")
+        return read_table(cls, data, "model")
 
 
 @dataclass
@@ -252,34 +174,34 @@ class TrainerConfig:
             directory; older ones are deleted after a newer one is written.
     """
 
-    pool_size: int = _spec(1024, low=1)
-    batch_size: int = _spec(64, low=1)
-    n_negatives: int = _spec(64, low=1)
-    mcmc_steps: int = _spec(10, low=1)
-    n_local: int = _spec(4, low=0)
-    n_global: int = _spec(1, low=0)
-    global_move: str = _spec("isir", choices=("isir", "imh"))
-    n_particles: int = _spec(32, low=1)
-    step_size: float = _spec(0.01, low=0.0, low_open=True)
-    lr_energy: float = _spec(0.01, low=0.0, low_open=True)
-    lr_flow: float = _spec(0.01, low=0.0, low_open=True)
-    lr_decay: str = _spec("none", choices=("none", "cosine", "linear"))
-    lr_decay_iterations: int = _spec(0, low=0)
-    lr_final_factor: float = _spec(0.1, low=0.0, low_open=True)
-    energy_l2: float = _spec(0.0, low=0.0)
-    tilt: str = _spec("base", choices=("base", "gaussian", "gmm", "flow"))
-    tilt_steps: int = _spec(1000, low=1)
-    seed: int = _spec(0, low=0)
-    log_every: int = _spec(50, low=1)
-    eval_every: int = _spec(50, low=0)
-    max_abs_energy: float = _spec(1e4, low=0.0, low_open=True)
-    max_grad_norm: float = _spec(1e5, low=0.0, low_open=True)
-    max_restarts: int = _spec(3, low=0)
-    restart_lr_factor: float = _spec(0.5, low=0.0, low_open=True)
-    keep_checkpoints: int = _spec(3, low=1)
+    pool_size: int = spec(1024, low=1)
+    batch_size: int = spec(64, low=1)
+    n_negatives: int = spec(64, low=1)
+    mcmc_steps: int = spec(10, low=1)
+    n_local: int = spec(4, low=0)
+    n_global: int = spec(1, low=0)
+    global_move: str = spec("isir", choices=("isir", "imh"))
+    n_particles: int = spec(32, low=1)
+    step_size: float = spec(0.01, low=0.0, low_open=True)
+    lr_energy: float = spec(0.01, low=0.0, low_open=True)
+    lr_flow: float = spec(0.01, low=0.0, low_open=True)
+    lr_decay: str = spec("none", choices=("none", "cosine", "linear"))
+    lr_decay_iterations: int = spec(0, low=0)
+    lr_final_factor: float = spec(0.1, low=0.0, low_open=True)
+    energy_l2: float = spec(0.0, low=0.0)
+    tilt: str = spec("base", choices=("base", "gaussian", "gmm", "flow"))
+    tilt_steps: int = spec(1000, low=1)
+    seed: int = spec(0, low=0)
+    log_every: int = spec(50, low=1)
+    eval_every: int = spec(50, low=0)
+    max_abs_energy: float = spec(1e4, low=0.0, low_open=True)
+    max_grad_norm: float = spec(1e5, low=0.0, low_open=True)
+    max_restarts: int = spec(3, low=0)
+    restart_lr_factor: float = spec(0.5, low=0.0, low_open=True)
+    keep_checkpoints: int = spec(3, low=1)
 
     def __post_init__(self) -> None:
-        _validate(self, "trainer")
+        validate(self, "trainer")
         if self.restart_lr_factor >= 1:
             raise ValueError(f"trainer.restart_lr_factor must be < 1 (it lowers the learning "
                              f"rates); received {self.restart_lr_factor!r}")
@@ -328,7 +250,7 @@ class TrainerConfig:
             >>> grouped == TrainerConfig.from_dict({"seed": 1, "n_local": 9})
             True
         """
-        return _from_dict(cls, _ungroup_trainer(data), "trainer", tuple(TRAINER_GROUPS))
+        return read_table(cls, _ungroup_trainer(data), "trainer", tuple(TRAINER_GROUPS))
 
 
 @dataclass
@@ -354,19 +276,19 @@ class RunConfig:
         512
     """
 
-    target: str = _spec("two_modes", choices=TARGETS)
-    sampler: str = _spec("flowmc", choices=SAMPLERS)
-    n_data: int = _spec(16384, low=1)
-    data_seed: int = _spec(0, low=0)
-    epochs: int = _spec(75, low=0)
-    iterations: int = _spec(0, low=0)
-    checkpoint_every: int = _spec(500, low=1)
+    target: str = spec("two_modes", choices=TARGETS)
+    sampler: str = spec("flowmc", choices=SAMPLERS)
+    n_data: int = spec(16384, low=1)
+    data_seed: int = spec(0, low=0)
+    epochs: int = spec(75, low=0)
+    iterations: int = spec(0, low=0)
+    checkpoint_every: int = spec(500, low=1)
     target_options: dict = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        _validate(self, "")
+        validate(self, "")
         for key, cls in _NESTED.items():
             if not isinstance(getattr(self, key), cls):
                 raise TypeError(f"{key} must be a {cls.__name__}; received "
@@ -411,7 +333,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        return _from_dict(cls, data, "")
+        return read_table(cls, data, "")
 
     def to_dict(self) -> dict:
         """Plain types only (tuples as lists): the form TOML, JSON and checkpoints hold."""
@@ -441,8 +363,6 @@ class RunConfig:
 
 _NESTED: dict[str, type] = {"model": ModelConfig, "trainer": TrainerConfig}
 _TRAINER_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainerConfig))
-#: Tables passed on as they are (checked by whoever consumes them).
-_FREE_TABLES = ("target_options",)
 
 
 def load_config(path: str | Path) -> RunConfig:
