@@ -49,7 +49,7 @@ from .driver import sample as _sample
 from .flowmc import FlowMC
 from .trace import Trace
 
-__all__ = ["rank_generator", "sample", "shard_bounds"]
+__all__ = ["local_rank", "rank_generator", "sample", "shard_bounds"]
 
 
 def shard_bounds(n: int, world: int, rank: int) -> tuple[int, int]:

@@ -73,7 +73,7 @@ def test_shards_cover_every_chain_once_and_rank_streams_differ():
     for n, world in ((10, 3), (7, 7), (64, 5)):
         bounds = [shard_bounds(n, world, r) for r in range(world)]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(a[1] == b[0] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
         sizes = [b - a for a, b in bounds]
         assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError, match="rank must be in 0..2 for world size 3; got 3"):
