@@ -229,3 +229,25 @@ def test_bad_arguments_are_refused():
         EBFlowTrainer(fully_connected_ebflow(3), "nce")
     with pytest.raises(TypeError, match="LinearLayer or NonlinearLayer"):
         EBFlow(2, [torch.nn.Linear(2, 2)])
+
+
+@pytest.mark.parametrize("objective", ["ssm", "ml"])
+def test_the_flow_fitting_loop_leaves_the_losses_on_the_device_until_history_is_read(
+        objective, monkeypatch):
+    import sys
+
+    calls = []
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, _original=original, _name=name, **kwargs):
+            if "flowmc_ebm" in sys._getframe(1).f_code.co_filename:
+                calls.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    trainer = EBFlowTrainer(fully_connected_ebflow(3), objective, grad_clip=1.0)
+    trainer.fit(torch.randn(64, 3), steps=20, batch_size=16,
+                generator=torch.Generator().manual_seed(0))
+    assert calls == []  # no transfer per step (a loss.item() would make 20)
+    assert len(trainer.history_) == 20 and calls == ["tolist"]  # one transfer, when read
+    assert len(trainer.history_) == 20 and calls == ["tolist"]  # and not again
