@@ -639,5 +639,11 @@ class StreamedTrace:
 
 def open_trace(path: str | os.PathLike, max_bytes: int | None = None) -> StreamedTrace:
     """Open a directory written by ``samplers.sample(..., out=path)``; see `StreamedTrace`.
-    ``max_bytes`` caps each chunk file's decompressed size (default `read_limit`)."""
+    ``max_bytes`` caps each chunk file's decompressed size (default `read_limit`). A directory
+    written across processes by `samplers.distributed.sample(..., out=path)` (it holds
+    ``shards.json``) opens as one `samplers.distributed.ShardedTrace` of every rank's chains."""
+    if (Path(path) / "shards.json").exists() and not (Path(path) / _MANIFEST).exists():
+        from .distributed import ShardedTrace
+
+        return ShardedTrace(path, max_bytes)
     return StreamedTrace(path, max_bytes)

@@ -30,7 +30,7 @@ def flow_params(flow):
     return torch.cat([p.detach().flatten() for p in flow.parameters()])
 
 
-def main(out):
+def main(out, stream_dir):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     result = {"world": world}
@@ -98,11 +98,47 @@ def main(out):
     except NotImplementedError as err:
         result["pt_refused"] = str(err)
 
+    # 5. Streamed: each rank into its own directory, read back as one run.
+    stream = sample(samplers.MALA(gaussian, 0.5), x0, 500, warmup=150, out=stream_dir,
+                    chunk_size=120, generator=torch.Generator().manual_seed(7))
+    if rank == 0:
+        back = samplers.open_trace(stream_dir)
+        result["stream_type"] = type(back).__name__
+        result["stream_equals_gathered"] = bool(torch.equal(back.load().samples, runs[0].samples))
+        result["stream_chunks_equal"] = bool(torch.equal(
+            torch.cat([c.samples for c in back.chunks()], 1), runs[0].samples))
+        result["stream_complete"] = bool(stream.complete and back.complete)
+
     if rank == 0:
         with open(out, "w") as f:
             json.dump(result, f)
     dist.destroy_process_group()
 
 
+def stream_only(out_dir, crash_rank_at_chunk):
+    """Streamed MALA; with crash_rank_at_chunk = (r, k), rank r dies while committing chunk k."""
+    import os
+
+    from samplers import rundir
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    if crash_rank_at_chunk and rank == crash_rank_at_chunk[0]:
+        name = f"chunk-{crash_rank_at_chunk[1]:06d}.npz"
+
+        def die(point, path):
+            if point == "rename" and path.name == name:
+                os._exit(9)
+
+        rundir.set_fault_hook(die)
+    x0 = torch.arange(63, dtype=torch.float32)[:, None].repeat(1, 2) / 63
+    sample(samplers.MALA(gaussian, 0.5), x0, 500, warmup=150, out=out_dir, chunk_size=60,
+           resume=True, generator=torch.Generator().manual_seed(7))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "stream":
+        stream_only(sys.argv[2], tuple(int(v) for v in sys.argv[3:5]) if len(sys.argv) > 3 else None)
+    else:
+        main(sys.argv[1], sys.argv[2])

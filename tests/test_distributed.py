@@ -20,13 +20,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "result.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", str(ROOT / "tests" / "distributed_worker.py"),
-                          str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    tmp = tmp_path_factory.mktemp("dist")
+    run = torchrun(str(tmp / "result.json"), str(tmp / "stream"))
     assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads(out.read_text())
+    return json.loads((tmp / "result.json").read_text())
+
+
+def torchrun(*args, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(nproc), str(ROOT / "tests" / "distributed_worker.py"),
+                           *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def emulated_mala(world=2):
+    """What N ranks must give: each block of chains run in this one process with its rank's
+    generator, concatenated."""
+    from tests.distributed_worker import gaussian
+
+    x0 = torch.arange(63, dtype=torch.float32)[:, None].repeat(1, 2) / 63
+    parts = []
+    for r in range(world):
+        a, b = shard_bounds(63, world, r)
+        parts.append(samplers.sample(samplers.MALA(gaussian, 0.5), x0[a:b], 500, warmup=150,
+                                     progress=False,
+                                     generator=rank_generator(torch.Generator().manual_seed(7), r)))
+    return torch.cat([p.samples for p in parts])
 
 
 def test_every_chain_is_gathered_in_global_order_and_has_the_targets_moments(two_ranks):
@@ -39,6 +58,29 @@ def test_every_chain_is_gathered_in_global_order_and_has_the_targets_moments(two
     z = moment_zscores(torch.tensor(r["mala_samples"]), torch.tensor([1.0, -2.0]),
                        torch.diag(torch.tensor([0.25, 4.0])))
     assert np.abs(z).max() < 4.5, z
+
+
+def test_two_ranks_equal_a_single_process_emulation_with_the_same_shard_generators(two_ranks):
+    assert torch.equal(torch.tensor(two_ranks["mala_samples"]), emulated_mala().double())
+
+
+def test_a_streamed_run_across_ranks_reads_back_as_one_run(two_ranks):
+    r = two_ranks
+    assert r["stream_type"] == "ShardedTrace" and r["stream_complete"]
+    assert r["stream_equals_gathered"] and r["stream_chunks_equal"]
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_stops_the_job_and_the_same_command_resumes_it_exactly(tmp_path):
+    out = str(tmp_path / "run")
+    crashed = torchrun("stream", out, "1", "3")  # rank 1 dies while committing its 4th chunk
+    assert crashed.returncode != 0
+    partial = samplers.open_trace(out)
+    assert not partial.complete and 0 < partial.n_draws < 500
+    resumed = torchrun("stream", out)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    run = samplers.open_trace(out)
+    assert run.complete and torch.equal(run.load().samples, emulated_mala())
 
 
 def test_flow_gradients_are_averaged_so_a_step_equals_one_on_the_union_of_batches(two_ranks):
