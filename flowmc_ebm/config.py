@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,22 +222,18 @@ class TrainerConfig:
         return self.mcmc_steps // cycle
 
     def lr_factor(self, iteration: int) -> float:
-        """The learning rates' multiplier at ``iteration`` (before that iteration's step).
+        """The learning rates' multiplier at ``iteration`` (before that iteration's step):
+        `flowmc_ebm.training.schedule.lr_factor` with this record's ``[trainer.schedule]``.
 
         Example:
             >>> c = TrainerConfig(lr_decay="cosine", lr_decay_iterations=100, lr_final_factor=0.1)
             >>> [round(c.lr_factor(i), 3) for i in (0, 50, 100, 200)]
             [1.0, 0.55, 0.1, 0.1]
         """
-        if self.lr_decay == "none":
-            return 1.0
-        if self.lr_decay_iterations < 1:
-            raise ValueError(f"trainer.lr_decay = {self.lr_decay!r} needs "
-                             f"trainer.lr_decay_iterations >= 1 (the decay's length); received "
-                             f"{self.lr_decay_iterations}")
-        t = min(iteration / self.lr_decay_iterations, 1.0)
-        shape = 0.5 * (1.0 + math.cos(math.pi * t)) if self.lr_decay == "cosine" else 1.0 - t
-        return self.lr_final_factor + (1.0 - self.lr_final_factor) * shape
+        # Imported here: flowmc_ebm.training imports this module.
+        from flowmc_ebm.training.schedule import lr_factor
+
+        return lr_factor(self.lr_decay, iteration, self.lr_decay_iterations, self.lr_final_factor)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainerConfig:

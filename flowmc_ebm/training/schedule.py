@@ -16,10 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["DECAYS", "lr_factor", "scheduled_rates", "set_rate"]
-
-#: The decay shapes a `TrainerConfig` accepts.
-DECAYS = ("none", "cosine", "linear")
+__all__ = ["lr_factor", "scheduled_rates", "set_rate"]
 
 
 def lr_factor(decay: str, iteration: int, length: int, final: float) -> float:
