@@ -129,6 +129,10 @@ CHILD = textwrap.dedent("""
 """)
 
 
+# Slow: a fresh interpreter importing torch (most of its ~27 s under load); the same is checked,
+# more strictly (kills inside each step of a write, bit-identical resume), by the campaign in
+# tests/reliability/test_interrupted.py, which forks its runs instead.
+@pytest.mark.slow
 def test_sigkill_mid_training_leaves_a_resumable_checkpoint(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
