@@ -291,14 +291,17 @@ def coverage(args):
         target = DiagMixture(f"equal_{d}d", centers, torch.ones(3, d), [0.5, 0.3, 0.2])
         g = torch.Generator().manual_seed(100 + d)
         n = groups * per if d < 50 else 16
-        kernel = samplers.ParallelTempering(target, reference(d))
+        kernel = samplers.ParallelTempering(target, reference(d), **(
+            {"adapt_reference": False} if args.fixed_reference else {}))
         t = time.perf_counter()
         samplers.sample(kernel, 2.0 * torch.randn(n, d, generator=g), args.steps,
                         warmup=args.warmup, progress=False, generator=g)
         wall = time.perf_counter() - t
         log_z, se = kernel.log_normalizer()
+        is_z, is_se = kernel.importance_log_normalizer()
         res = {"chains": n, "K": kernel.n_replicas, "barrier": kernel.barrier, "wall_s": wall,
-               "log_z": log_z, "se": se, "z": log_z / se}
+               "log_z": log_z, "se": se, "z": log_z / se, "is_log_z": is_z, "is_se": is_se,
+               "fixed_reference": bool(args.fixed_reference)}
         if d < 50:
             est = [kernel.log_normalizer(chains=slice(i * per, (i + 1) * per)) for i in range(groups)]
             z = np.array([e / s for e, s in est])
@@ -309,7 +312,8 @@ def coverage(args):
                         "max_abs_z": float(np.abs(z).max())})
         results[f"d{d}"] = res
         print(d, res, flush=True)
-        (out / "log_z_coverage.json").write_text(json.dumps(results, indent=1))
+        name = "log_z_coverage_fixed_reference.json" if args.fixed_reference else "log_z_coverage.json"
+        (out / name).write_text(json.dumps(results, indent=1))
 
 
 def main():
