@@ -32,13 +32,27 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SAMPLERS", "TARGETS", "TRAINER_GROUPS", "ModelConfig", "RunConfig", "TrainerConfig",
-           "load_config", "parse_overrides"]
+__all__ = ["SAMPLERS", "TARGETS", "TRAINER_GROUPS", "ModelConfig", "RunConfig", "TrainerConfig",  # noqa: F822
+           "load_config", "parse_overrides", "sampler_names"]
 
-#: Sampler names the trainer builds itself (it also takes any kernel factory from Python).
-SAMPLERS = ("flowmc", "ula", "mala", "nt")
 #: Target names: the keys of the one registry, `flowmc_ebm.targets.TARGETS`.
 TARGETS = tuple(_TARGET_REGISTRY)
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The names a run's ``sampler`` may take: the keys of the one method registry,
+    `flowmc_ebm.training.methods.METHODS` (a method registered there is a sampler here too)."""
+    # Imported here: flowmc_ebm.training imports this module.
+    from flowmc_ebm.training.methods import METHODS
+
+    return tuple(METHODS)
+
+
+def __getattr__(name: str) -> Any:
+    # ``SAMPLERS``, read when asked for, so it lists the methods registered by then.
+    if name == "SAMPLERS":
+        return sampler_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: The sub-tables of ``[trainer]`` and the `TrainerConfig` fields each holds. The fields stay
@@ -272,7 +286,7 @@ class RunConfig:
     """
 
     target: str = spec("two_modes", choices=TARGETS)
-    sampler: str = spec("flowmc", choices=SAMPLERS)
+    sampler: str = spec("flowmc")  # one of `sampler_names()`, checked in __post_init__
     n_data: int = spec(16384, low=1)
     data_seed: int = spec(0, low=0)
     epochs: int = spec(75, low=0)
@@ -284,6 +298,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         validate(self, "")
+        if self.sampler not in sampler_names():
+            raise ValueError(f"sampler must be one of {', '.join(sampler_names())}; received "
+                             f"{self.sampler!r}")
         for key, cls in _NESTED.items():
             if not isinstance(getattr(self, key), cls):
                 raise TypeError(f"{key} must be a {cls.__name__}; received "

@@ -80,3 +80,16 @@ def test_neg_mode_weights_count_the_iterations_negatives_not_the_pool():
     share = lambda x: (torch.bincount(target.assign(x), minlength=2) / x.shape[0]).tolist()  # noqa: E731
     assert share(trainer.pool_) != share(trainer.pool_[idx])  # so the check below can tell them apart
     assert trainer.history_["neg_mode_weights"][0] == pytest.approx(share(trainer.pool_[idx]))
+
+
+def test_a_registered_method_is_a_sampler_a_run_config_accepts():
+    from flowmc_ebm.config import SAMPLERS, RunConfig, sampler_names
+
+    assert SAMPLERS == sampler_names() == tuple(METHODS)  # one registry, no hand-kept list
+    with pytest.raises(ValueError, match="sampler must be one of flowmc, ula, mala, nt; received"):
+        RunConfig(sampler="hmc-run", iterations=2)
+    register(Method("hmc-run", lambda log_prob, flow, c: samplers.HMC(log_prob, c.step_size)))
+    try:
+        assert RunConfig(sampler="hmc-run", iterations=2).sampler == "hmc-run"
+    finally:
+        del METHODS["hmc-run"]
