@@ -114,6 +114,42 @@ def test_resume_is_bit_identical_to_one_run(data, tmp_path):
                                                   strict=True))
 
 
+def test_callbacks_state_wall_time_and_resumptions_survive_a_checkpoint(data, tmp_path):
+    from flowmc_ebm.evaluation import ChainSnapshots
+
+    straight, whole = small_trainer(), ChainSnapshots(16)
+    straight.fit(data, n_iterations=16, callbacks=[whole], progress=False)
+
+    first, half = small_trainer(), ChainSnapshots(16)
+    first.fit(data, n_iterations=8, callbacks=[half], checkpoint_dir=tmp_path, progress=False)
+    spent = first.elapsed_
+    resumed, rest = JointTrainer.load_latest(tmp_path), ChainSnapshots(16)
+    assert resumed.resumptions_ == 0 and resumed.elapsed_ == spent
+    resumed.fit(data, n_iterations=8, callbacks=[rest], checkpoint_dir=tmp_path, progress=False)
+    # The new callback got the first half's snapshots back, then took the second half's.
+    assert rest.iterations == whole.iterations == [4, 8, 12, 16]
+    assert all(torch.equal(a, b) for a, b in zip(rest.positions, whole.positions, strict=True))
+    assert torch.equal(rest.chains(), whole.chains())
+    assert resumed.resumptions_ == 1 and resumed.elapsed_ > spent
+    assert JointTrainer.load_latest(tmp_path).resumptions_ == 1
+    # A stateful callback of another class where the checkpoint holds a ChainSnapshots' state
+    # (a plain function has no state to restore, and is just called).
+    class Counter:
+        def __call__(self, trainer):
+            pass
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    with pytest.raises(ValueError, match="callback 0 is a .*Counter but the checkpoint holds "
+                                         "the state of a ChainSnapshots"):
+        JointTrainer.load_latest(tmp_path).fit(data, n_iterations=1, callbacks=[Counter()],
+                                               progress=False)
+
+
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
 def test_learning_rates_follow_the_decay_and_resume_on_it(data, tmp_path, decay):
     knobs = dict(lr_decay=decay, lr_decay_iterations=16, lr_final_factor=0.1, lr_energy=0.02,
