@@ -1,6 +1,7 @@
 """``flowmc-ebm`` command line: one subcommand per module in `flowmc_ebm.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+``--help`` shows every flag's default; ``--version`` the installed version.
 Errors a user can cause (a missing file, a bad flag, an unknown target, an output path that cannot
 be written, a run that diverged) end with exactly one line on stderr and a non-zero exit;
 ``--debug`` (before or after the subcommand) shows the traceback instead.
@@ -19,8 +20,25 @@ from typing import NoReturn
 COMMANDS = ("demo", "train", "sample", "diagnose")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``--help``, except where there is none to show (None, a switch off) or the
+    help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if nothing or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``flowmc-ebm train: error: ... (see --help)``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
@@ -30,22 +48,22 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
 
 
-def _available() -> dict[str, object]:
-    found = {}
-    for name in COMMANDS:
-        try:
-            found[name] = importlib.import_module(f"flowmc_ebm.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"flowmc_ebm.commands.{name}":
-                raise
-    return found
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flowmc-ebm")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flowmc-ebm", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"flowmc-ebm {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in _available().items():
+    for name in COMMANDS:
+        module = importlib.import_module(f"flowmc_ebm.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -1,0 +1,95 @@
+"""The CLI as a new user meets it: --version, defaults in --help, flag errors that name the flag,
+every listed target usable, --out a directory, --device checked, data files read safely."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import flowmc_ebm
+import samplers
+from flowmc_ebm.cli import main
+from flowmc_ebm.data import Standardization, read_points
+from flowmc_ebm.targets import TARGETS
+
+QUICK = ["--kernel", "mala", "--chains", "4", "--steps", "3", "--warmup", "1", "--no-progress"]
+
+
+def test_version_and_defaults_in_help(capsys):
+    with pytest.raises(SystemExit):
+        from flowmc_ebm.cli import build_parser
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"flowmc-ebm {flowmc_ebm.__version__}"
+    assert main(["sample", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 256)", "(default: 1000)", "(default: flowmc)", "(default: cpu)"):
+        assert default in text
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--chains", "0", "argument --chains: must be an int >= 1; received 0"),
+    ("--steps", "-3", "argument --steps: must be an int >= 1; received -3"),
+    ("--step-size", "0", "argument --step-size: must be a finite number > 0; received 0"),
+    ("--device", "nonsense", "--device nonsense: not a device"),
+])
+def test_bad_values_are_one_line_naming_the_flag(flag, value, message, tmp_path, capsys):
+    assert main(["sample", "--target", "two_modes", flag, value, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_listed_target_samples_or_says_what_it_needs(name, tmp_path, capsys):
+    extra = {"high_dim": ["--dim", "4"],
+             "gaussian_mixture": ["--target-option", "means=[[-2.0, 0.0], [2.0, 0.0]]",
+                                  "--target-option", "covariances=[[[1.0, 0], [0, 1.0]],"
+                                                     " [[1.0, 0], [0, 1.0]]]",
+                                  "--target-option", "weights=[0.5, 0.5]"]}.get(name, [])
+    if extra:  # without its options: one line naming them
+        assert main(["sample", "--target", name, *QUICK, "--out", str(tmp_path / "x")]) == 2
+        assert "needs" in capsys.readouterr().err
+    assert main(["sample", "--target", name, *extra, *QUICK, "--out", str(tmp_path / name)]) == 0
+    assert samplers.Trace.load(tmp_path / name / "trace.npz").samples.shape[:2] == (4, 3)
+
+
+def test_read_points_csv_columns_and_hostile_files(tmp_path):
+    csv = tmp_path / "points.csv"
+    csv.write_text("x,label,y\n1,a,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2, column 2: 'a' is not a number"):
+        read_points(csv)
+    csv.write_text("x,k,y\n1,0,2\n3,1,4\n5,0,8\n", encoding="utf-8")
+    x, names = read_points(csv, columns="y,x")
+    assert names == ["y", "x"] and x.tolist() == [[2, 1], [4, 3], [8, 5]]
+    with pytest.raises(ValueError, match="has no column 'z'; its columns are x, k, y"):
+        read_points(csv, columns="x,z")
+    with pytest.raises(ValueError, match="above the read limit"):
+        read_points(csv, max_bytes=8)
+    bad = tmp_path / "objects.npy"
+    np.save(bad, np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="never unpickled"):
+        read_points(bad)
+    pickled = tmp_path / "pickle.npy"
+    pickled.write_bytes(pickle.dumps(np.ones((3, 2))))
+    with pytest.raises(ValueError, match="bad magic"):
+        read_points(pickled)
+    np.savez(tmp_path / "two.npz", a=np.ones((3, 2)), b=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="holds 2 arrays"):
+        read_points(tmp_path / "two.npz")
+    assert read_points(tmp_path / "two.npz", key="b")[0].shape == (3, 2)
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="first at row 1"):
+        read_points(nan)
+
+
+def test_standardization_round_trips_through_its_state():
+    x = np.random.default_rng(0).normal([5.0, -3.0], [2.0, 0.5], size=(100, 2))
+    std = Standardization.fit(x, ["a", "b"], "file.csv")
+    z = std.transform(x)
+    assert np.allclose(z.mean(0), 0) and np.allclose(z.std(0), 1)
+    state = {"callbacks": [None, {"type": "Standardization", "state": std.state_dict()}]}
+    again = Standardization.from_checkpoint(state)
+    assert again.names == ["a", "b"] and np.allclose(again.inverse_transform(z), x)
+    assert Standardization.from_checkpoint({"callbacks": [None]}) is None
