@@ -1,5 +1,5 @@
 """Figures for the diagnostics: traces and rank plots, samples over contours, mode occupancy and
-mode weights with their intervals.
+mode weights with their intervals, and a trained model's samples beside the data.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot, so nothing depends on
 the backend or on global figure state; save with `fig.savefig(path)`.
@@ -240,3 +240,100 @@ def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_w
     ax.set(xticks=modes, xlabel="mode", ylabel="weight", ylim=(0, None), title="Mode weights")
     ax.legend(fontsize="small")
     return fig
+
+
+def plot_data_vs_model(data: Any, samples: Any, *, log_prob: Any = None,
+                       names: list[str] | None = None, max_dims: int = 4, bounds: Any = None,
+                       n_grid: int = 160, max_points: int = 3000, seed: int = 0) -> Figure:
+    """A trained model's samples beside the data it was trained on.
+
+    In 2-D: the model's normalized log-density on a grid (colorbar in nats) with the data and
+    the model's samples over it. In higher dimension: a pair plot (seaborn histograms on the
+    diagonal, both point sets off it) of the first ``max_dims`` coordinates, or, above
+    ``max_dims`` coordinates, of the data's first ``max_dims`` principal components (the
+    samples projected on the same axes).
+
+    Args:
+        data: points ``(n, d)`` (array or tensor).
+        samples: the model's draws ``(m, d)``.
+        log_prob: the model's (unnormalized) log-density, for the 2-D panel.
+        names: coordinate names for the axes (default ``x[0]``, ``x[1]``, ...).
+        max_dims: coordinates (or components) in the pair plot.
+        bounds: the 2-D box; default the data's range, padded by 10 %.
+        n_grid: cells per axis of the 2-D grid.
+        max_points: at most this many points of each set are drawn (a seeded subset).
+        seed: seed of those subsets.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> fig = plot_data_vs_model(rng.normal(size=(200, 5)), rng.normal(size=(100, 5)))
+        >>> len(fig.axes)
+        16
+    """
+    import seaborn as sns
+
+    x = np.asarray(_as_numpy(data), dtype=float)
+    y = np.asarray(_as_numpy(samples), dtype=float)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"data and samples must be (n, d) and (m, d); received {x.shape} and "
+                         f"{y.shape}")
+    rng = np.random.default_rng(seed)
+    x = x[rng.permutation(len(x))[:max_points]]
+    y = y[rng.permutation(len(y))[:max_points]]
+    dim = x.shape[1]
+    names = list(names) if names is not None else [f"x[{j}]" for j in range(dim)]
+    colors = {"data": "0.35", "model": sns.color_palette("tab10")[3]}
+    if dim == 2:
+        if bounds is None:
+            lo, hi = x.min(0), x.max(0)
+            pad = 0.1 * (hi - lo) + 1e-6
+            bounds = ((lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
+        fig = Figure(figsize=(6.2, 5), layout="constrained")
+        ax = fig.subplots()
+        if log_prob is not None:
+            grid = grid_log_density(log_prob, bounds, n_grid, nan="zero")
+            shown = np.maximum(grid.log_density, grid.log_density.max() - 12.0)
+            mesh = ax.pcolormesh(grid.x, grid.y, shown, cmap="viridis", shading="auto")
+            fig.colorbar(mesh, ax=ax, label="model log density (nats, normalized on the box)")
+        ax.scatter(x[:, 0], x[:, 1], s=5, c=colors["data"], alpha=0.6, linewidths=0,
+                   label=f"data ({len(x)} shown)")
+        ax.scatter(y[:, 0], y[:, 1], s=5, c=[colors["model"]], alpha=0.6, linewidths=0,
+                   label=f"model samples ({len(y)} shown)")
+        ax.set(xlim=bounds[0], ylim=bounds[1], xlabel=names[0], ylabel=names[1],
+               title="Trained EBM: density, data and samples")
+        ax.legend(loc="upper right", markerscale=3, framealpha=0.9)
+        return fig
+    if dim > max_dims:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(max_dims, random_state=seed).fit(x)
+        x, y = pca.transform(x), pca.transform(y)
+        share = pca.explained_variance_ratio_
+        names = [f"PC{j + 1} ({100 * share[j]:.0f}% of data variance)" for j in range(max_dims)]
+    k = min(dim, max_dims)
+    fig = Figure(figsize=(2.4 * k + 1, 2.4 * k), layout="constrained")
+    axes = fig.subplots(k, k, squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i, j]
+            if i == j:
+                both = np.concatenate([x[:, i], y[:, i]])
+                edges = np.histogram_bin_edges(both, bins=30)
+                for label, pts in (("data", x), ("model", y)):
+                    sns.histplot(pts[:, i], bins=edges, stat="density", element="step",
+                                 fill=False, color=colors[label], ax=ax, label=label)
+                ax.set_ylabel("density" if j == 0 else "")
+            else:
+                ax.scatter(x[:, j], x[:, i], s=2, c=colors["data"], alpha=0.4, linewidths=0)
+                ax.scatter(y[:, j], y[:, i], s=2, c=[colors["model"]], alpha=0.4,
+                           linewidths=0)
+                ax.set_ylabel(names[i] if j == 0 else "")
+            ax.set_xlabel(names[j] if i == k - 1 else "")
+    axes[0, 0].legend(loc="upper right", fontsize="small")
+    fig.suptitle(f"Data ({len(x)} points) vs model samples ({len(y)})"
+                 + (f": first {k} principal components of the data" if dim > max_dims else ""))
+    return fig
+
+
+def _as_numpy(value: Any) -> Any:
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
