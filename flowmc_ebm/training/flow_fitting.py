@@ -76,8 +76,13 @@ class ExponentialMovingAverage:
     def update(self, model: nn.Module) -> None:
         """Moves the average toward ``model``'s current parameters (buffers are copied)."""
         decay = self.decay_now()
-        for average, current in zip(self.average.parameters(), model.parameters(), strict=True):
-            average.lerp_(current, 1 - decay)
+        averages, currents = list(self.average.parameters()), list(model.parameters())
+        if len(averages) != len(currents):
+            raise ValueError(f"the model has {len(currents)} parameter tensors, its average "
+                             f"{len(averages)}: not the model this average was made from")
+        # One fused update for all parameters (as torch.optim.swa_utils' EMA does), not a launch
+        # per tensor.
+        torch._foreach_lerp_(averages, currents, 1 - decay)
         for average, current in zip(self.average.buffers(), model.buffers(), strict=True):
             average.copy_(current)
         self.updates += 1
