@@ -53,6 +53,7 @@ class TemperingState(State):
             ``(K, n)``; it travels with the replica through swaps.
         round_trips: reference → target → reference trips completed per chain ``(n,)``.
         swap_sum, swap_count: summed swap acceptance probabilities and attempts per pair ``(K−1,)``.
+        pair_sum: the summed acceptance probabilities per pair and chain ``(K−1, n)``.
         invalid_sum: swaps refused because a log-density or gradient was not finite ``(K−1,)``.
         stones: the stepping-stone sums since the counters were reset.
         importance: importance-sampling sums of the fresh reference draws (an independent log Z).
@@ -72,6 +73,7 @@ class TemperingState(State):
     round_trips: Tensor | None = None
     swap_sum: Tensor | None = None
     swap_count: Tensor | None = None
+    pair_sum: Tensor | None = None
     invalid_sum: Tensor | None = None
     stones: SteppingStoneSums | None = None
     importance: ImportanceSums | None = None
@@ -270,6 +272,7 @@ class ParallelTempering(Kernel):
         return s.replace(round_trips=torch.zeros(n, dtype=torch.int64, device=dev),
                          phase=torch.zeros(k, n, dtype=torch.int8, device=dev),
                          swap_sum=z, swap_count=z.clone(), invalid_sum=z.clone(),
+                         pair_sum=torch.zeros(k - 1, n, dtype=torch.float64, device=dev),
                          stones=SteppingStoneSums.zeros(k - 1, n, dev),
                          importance=ImportanceSums.zeros(n, dev), basin_hits=basin_hits)
 
@@ -350,7 +353,13 @@ class ParallelTempering(Kernel):
         phase = phase.clone()
         phase[0] = 1
         phase[-1] = torch.where(phase[-1] == 1, 2, phase[-1]).to(phase.dtype)
+        pair_sum = s.pair_sum + prob.double()
+        swap_count = s.swap_count + active.squeeze(1).double() * n
         extras = {"swap_accept": prob.sum(0) / active.sum().clamp_min(1),
+                  # Per pair (chains, K−1): each chain's mean swap acceptance probability of that
+                  # pair since warm-up (or the round's start), like the cumulative round trips.
+                  "swap_accept_pairs": (pair_sum / (swap_count / n).clamp_min(1).unsqueeze(1)
+                                        ).T.to(s.x.dtype),
                   "round_trips": round_trips.to(s.x.dtype)}
         basin_hits = s.basin_hits
         if self.basins is not None and basin_hits is not None:
@@ -362,7 +371,7 @@ class ParallelTempering(Kernel):
                              log_ref=lr, grad_target=gt, grad_ref=gr, phase=phase,
                              round_trips=round_trips,
                              swap_sum=s.swap_sum + prob.double().sum(1),
-                             swap_count=s.swap_count + active.squeeze(1).double() * n,
+                             swap_count=swap_count, pair_sum=pair_sum,
                              invalid_sum=s.invalid_sum + bad.double().sum(1),
                              stones=s.stones.add(db.squeeze(1), lt - lr), importance=importance,
                              basin_hits=basin_hits, count=s.count + 1, local=local, local_info=linfo)

@@ -144,7 +144,8 @@ class Trace:
         samples: ``(chains, draws, *event)``, on the CPU.
         log_prob: ``(chains, draws)``: the target's unnormalized log-density at each draw.
         stats: per-step per-chain figures, each ``(chains, draws)`` (``accept_prob``, ``accepted``,
-            ``step_size``, ``invalid`` and the kernel's extras).
+            ``step_size``, ``invalid`` and the kernel's extras), or ``(chains, draws, *extra)`` for
+            an extra with several values per chain (parallel tempering's per-pair swap acceptance).
         wall_time: seconds spent on the post-warm-up steps, or ``None``.
         warmup: warm-up steps run before the first draw.
         thin: steps between two stored draws.
@@ -169,9 +170,10 @@ class Trace:
             raise ValueError(f"Trace.log_prob must have shape {tuple(self.samples.shape[:2])}; "
                              f"got {tuple(self.log_prob.shape)}")
         for name, value in self.stats.items():
-            if value.shape != self.samples.shape[:2]:
+            if value.shape[:2] != self.samples.shape[:2]:
                 raise ValueError(f"Trace.stats[{name!r}] must have shape "
-                                 f"{tuple(self.samples.shape[:2])}; got {tuple(value.shape)}")
+                                 f"{tuple(self.samples.shape[:2])} (or that followed by extra "
+                                 f"dimensions); got {tuple(value.shape)}")
 
     @property
     def n_chains(self) -> int:

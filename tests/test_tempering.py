@@ -103,6 +103,12 @@ def test_defaults_find_every_mode_from_a_broad_start_and_estimate_log_z():
     assert kernel.basins.n == 3 and kernel.barrier < 1.0 and kernel.round_trip_rate > 10
     assert kernel.check() == [] and not kernel.missing_mass
     assert trace.stats["swap_accept"].shape == (16, 800)
+    # Per pair and chain, the running mean since warm-up: at the last draw, averaged over the
+    # chains, it is the kernel's rate per pair.
+    pairs = trace.stats["swap_accept_pairs"]
+    assert pairs.shape == (16, 800, kernel.n_replicas - 1)
+    torch.testing.assert_close(pairs[:, -1].double().mean(0), kernel.swap_accept_rates(),
+                               rtol=1e-4, atol=1e-6)
     # Per draw, the basin each chain's β = 1 replica is in.
     torch.testing.assert_close(trace.stats["basin"].long(), kernel.basins.assign(
         trace.samples.reshape(-1, 2)).view(16, 800))
