@@ -410,9 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-thin", type=int, default=4)
     parser.add_argument("--is-draws", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=Path("out/real_data"))
+    parser.add_argument("--tags", nargs="*", default=None,
+                        help="only tabulate: the run files of these tags (e.g. flowmc-gmm-decay), "
+                             "whatever seeds exist; nothing is run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results: dict[str, dict] = {}
+    if args.tags is not None:
+        for dataset in args.datasets:
+            for tag in args.tags:
+                for seed in args.seeds:
+                    done = args.out / "runs" / dataset / f"{tag}_seed{seed}.json"
+                    if done.exists():
+                        run = json.loads(done.read_text(encoding="utf-8"))
+                        results.setdefault(dataset, {}).setdefault(tag, []).append(run)
+        args.methods = []
     for dataset in args.datasets:
         runs_dir = args.out / "runs" / dataset
         runs_dir.mkdir(parents=True, exist_ok=True)
