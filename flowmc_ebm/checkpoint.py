@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from flowmc_ebm._checks import check_positive_int
 from samplers.rundir import atomic_write, fsync_directory
 from samplers.trace import read_limit
 
@@ -148,8 +149,7 @@ def write_numbered_checkpoint(state: dict[str, Any], directory: str | Path, iter
     Returns:
         The numbered file written.
     """
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be a positive int; received {keep!r}")
+    check_positive_int(keep, "keep")
     directory = Path(directory)
     path = save_checkpoint(state, checkpoint_path(directory, iteration), kind)
     _point_latest(path, directory / LATEST, state, kind)

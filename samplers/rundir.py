@@ -102,7 +102,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], No
                   else "no previous version existed; nothing was left behind")
         reason = err.strerror or str(err) or type(err).__name__
         message = f"cannot write {path}: {reason}; {before}"
-        raise (OSError(message) if err.errno is None else OSError(err.errno, message)) from None
+        # The errno's subclass (PermissionError, ...) and .errno kept, without the "[Errno N]"
+        # prefix that OSError(errno, message) would print before the message.
+        cls = OSError if err.errno is None else type(OSError(err.errno, ""))
+        failure = cls(message)
+        failure.errno = err.errno
+        raise failure from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -116,9 +116,11 @@ def test_a_failed_first_write_says_nothing_was_left(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError, match="new.json: No space left on device; no previous version"):
+    with pytest.raises(OSError, match="new.json: No space left on device; no previous version") as info:
         atomic_write(tmp_path / "new.json", b"x")
     monkeypatch.undo()
+    # One line a CLI can print as is: no "[Errno 28]" before it, the errno still on the error.
+    assert str(info.value).startswith("cannot write ") and info.value.errno == errno.ENOSPC
     assert names(tmp_path) == []
 
 
