@@ -475,7 +475,13 @@ class ParallelTempering(Kernel):
                             device=flat.device, dtype=flat.dtype)
         near = (flat.mean(0) + 2 * sd * noise).view(-1, *event)
         starts = torch.cat([ref_draws, near])
-        self.basins = find_basins(self.log_prob, starts, max_scale)
+        try:
+            self.basins = find_basins(self.log_prob, starts, max_scale)
+        except RuntimeError as e:  # a target autograd cannot differentiate
+            warnings.warn(f"the mode search needs the target's gradient and could not get it "
+                          f"({e}); tempering from the reference alone, without the basin check "
+                          "(pass mode_search=0 to silence this)", RuntimeWarning, stacklevel=3)
+            return state
         if self.basins is None:
             warnings.warn("the mode search found no finite optimum: tempering from the reference "
                           "alone, without the basin check", RuntimeWarning, stacklevel=3)
