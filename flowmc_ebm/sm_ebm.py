@@ -23,30 +23,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import samplers
 
 from .energies import MLPEnergy, log_density_from_energy
-from .objectives.score_matching import OBJECTIVES, score_matching_loss
+from .objectives.score_matching import OBJECTIVES
 from .preprocessing import DataSource
-from .training.flow_fitting import MinibatchFitter
+from .training.flow_fitting import ScoreMatchingFitter
 
 __all__ = ["ScoreMatchingEBM"]
-
-
-class _ScoreMatchingFit(MinibatchFitter):
-    """The shared minibatch loop on a score-matching objective of an energy network."""
-
-    def __init__(self, energy: nn.Module, ebm: ScoreMatchingEBM) -> None:
-        super().__init__(energy, lr=ebm.lr, desc=f"SM-EBM {ebm.objective}")
-        self.ebm = ebm
-
-    def loss(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        ebm = self.ebm
-        return score_matching_loss(self.model, batch, ebm.objective, sigma=ebm.sigma, xi=ebm.xi,
-                                   n_projections=ebm.n_projections, energy_reg=ebm.energy_reg,
-                                   generator=generator).loss
 
 
 class ScoreMatchingEBM:
@@ -125,8 +111,11 @@ class ScoreMatchingEBM:
             # Initialize the network from the generator's stream so a seeded fit is reproducible.
             torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
         self.energy_ = MLPEnergy(dim, self.hidden)
-        fit = _ScoreMatchingFit(self.energy_, self).fit(data, self.steps, self.batch_size,
-                                                         generator, progress)
+        fit = ScoreMatchingFitter(
+            self.energy_, self.objective, sigma=self.sigma, xi=self.xi,
+            n_projections=self.n_projections, energy_reg=self.energy_reg, lr=self.lr,
+            desc=f"SM-EBM {self.objective}",
+        ).fit(data, self.steps, self.batch_size, generator, progress)
         self.history_: list[float] = fit.history_
         return self
 

@@ -1,5 +1,5 @@
 """Fitting an :class:`~flowmc_ebm.ebflow.model.EBFlow` by score matching or maximum likelihood, on
-the one minibatch loop of :mod:`flowmc_ebm.training.flow_fitting`."""
+the one minibatch loop of :mod:`flowmc_ebm.training.flow_fitting` (its score-matching form)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import torch
 from torch import Tensor
 
 from flowmc_ebm.ebflow.model import EBFlow
-from flowmc_ebm.objectives.score_matching import OBJECTIVES, score_matching_loss
-from flowmc_ebm.training.flow_fitting import MinibatchFitter
+from flowmc_ebm.objectives.score_matching import OBJECTIVES
+from flowmc_ebm.training.flow_fitting import ScoreMatchingFitter
 
 __all__ = ["TRAINING_OBJECTIVES", "EBFlowTrainer"]
 
 TRAINING_OBJECTIVES = ("ml", *OBJECTIVES)
 
 
-class EBFlowTrainer(MinibatchFitter):
+class EBFlowTrainer(ScoreMatchingFitter):
     """Trains an :class:`EBFlow` by score matching or maximum likelihood, keeping an EMA.
 
     Args:
@@ -59,17 +59,12 @@ class EBFlowTrainer(MinibatchFitter):
     ) -> None:
         if objective not in TRAINING_OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; known: {', '.join(TRAINING_OBJECTIVES)}")
-        super().__init__(model, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay,
-                         desc=f"EBFlow {objective}")
-        self.objective = objective
-        self.sigma, self.xi, self.n_projections = sigma, xi, n_projections
-        self.energy_reg = energy_reg
+        super().__init__(model, objective, energy=model.energy, sigma=sigma, xi=xi,
+                         n_projections=n_projections, energy_reg=energy_reg, lr=lr,
+                         grad_clip=grad_clip, ema_decay=ema_decay, desc=f"EBFlow {objective}")
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The objective on one batch ``x`` of shape ``[n, D]``, a scalar."""
         if self.objective == "ml":
             return -self.model.log_prob(x).mean()
-        return score_matching_loss(
-            self.model.energy, x, self.objective, sigma=self.sigma, xi=self.xi,
-            n_projections=self.n_projections, energy_reg=self.energy_reg, generator=generator,
-        ).loss
+        return super().loss(x, generator)

@@ -30,9 +30,10 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from flowmc_ebm.objectives.score_matching import score_matching_loss
 from flowmc_ebm.preprocessing import DataSource, minibatches
 
-__all__ = ["ExponentialMovingAverage", "MinibatchFitter"]
+__all__ = ["ExponentialMovingAverage", "MinibatchFitter", "ScoreMatchingFitter"]
 
 
 class ExponentialMovingAverage:
@@ -179,3 +180,38 @@ class MinibatchFitter:
         for batch in minibatches(data, steps, batch_size, generator, progress, self.desc):
             self.step(batch, generator)
         return self
+
+
+class ScoreMatchingFitter(MinibatchFitter):
+    """The loop on a score-matching objective of an energy: what the score-matching EBM and
+    EBFlow's score-matching objectives share.
+
+    Args:
+        model: The module fitted.
+        objective: ``"ssm"``, ``"dsm"``, ``"fdssm"`` or ``"exact"``
+            (`flowmc_ebm.objectives.score_matching.OBJECTIVES`).
+        energy: ``[n, D] -> [n]`` energies differentiable in ``model``'s parameters (default:
+            ``model`` itself).
+        sigma: DSM noise scale.
+        xi: FD-SSM step.
+        n_projections: SSM directions per point.
+        energy_reg: ``λ`` of the ``λ · mean E`` regularizer.
+        lr, grad_clip, ema_decay, desc: as in :class:`MinibatchFitter`.
+    """
+
+    def __init__(self, model: nn.Module, objective: str, *, energy=None, sigma: float = 0.05,
+                 xi: float = 1e-2, n_projections: int = 1, energy_reg: float = 0.0,
+                 lr: float = 1e-3, grad_clip: float | None = None,
+                 ema_decay: float | None = None, desc: str = "score matching") -> None:
+        super().__init__(model, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay, desc=desc)
+        self.objective = objective
+        self.energy = energy if energy is not None else model
+        self.sigma, self.xi, self.n_projections = sigma, xi, n_projections
+        self.energy_reg = energy_reg
+
+    def loss(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The score-matching objective on one batch ``[n, D]``, a scalar."""
+        return score_matching_loss(
+            self.energy, batch, self.objective, sigma=self.sigma, xi=self.xi,
+            n_projections=self.n_projections, energy_reg=self.energy_reg, generator=generator,
+        ).loss
