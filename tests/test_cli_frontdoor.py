@@ -93,3 +93,39 @@ def test_standardization_round_trips_through_its_state():
     again = Standardization.from_checkpoint(state)
     assert again.names == ["a", "b"] and np.allclose(again.inverse_transform(z), x)
     assert Standardization.from_checkpoint({"callbacks": [None]}) is None
+
+
+TINY_TRAIN = ["--iterations", "4", "--set", "trainer.pool_size=64", "--set",
+              "trainer.batch_size=32", "--set", "model.energy_hidden=[16]", "--set",
+              "model.flow_hidden=[16]", "--no-progress"]
+
+
+def test_train_on_a_csv_then_sample_the_model_in_data_units_then_diagnose(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal([10, -5], 0.5, (100, 2)), rng.normal([14, -3], 0.5, (100, 2))])
+    csv = tmp_path / "points.csv"
+    csv.write_text("id,h,w\n" + "".join(f"{i},{a},{b}\n" for i, (a, b) in enumerate(x)))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(csv), "--columns", "h,w", *TINY_TRAIN,
+                 "--out", str(run)]) == 0
+    assert (run / "model.png").stat().st_size > 0
+    summary = __import__("json").loads((run / "summary.json").read_text())
+    assert summary["data"] == str(csv) and summary["config"]["n_data"] == 200
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(run), "--kernel", "mala", "--chains", "16",
+                 "--steps", "5", "--warmup", "2", "--no-progress", "--out", str(out)]) == 0
+    draws = samplers.Trace.load(out / "trace.npz").samples.reshape(-1, 2).numpy()
+    # The chains start from the run's pool mapped back to data units, near the data, not 0.
+    assert abs(draws[:, 0].mean() - 12.0) < 3.0 and abs(draws[:, 1].mean() + 4.0) < 3.0
+    assert main(["diagnose", str(out / "trace.npz"), "--n-modes", "2"]) == 0
+    assert main(["train", "--data", str(csv), "--columns", "h,nope", *TINY_TRAIN,
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "has no column 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_on_a_5d_npy_writes_a_pair_plot(tmp_path):
+    np.save(tmp_path / "p.npy", np.random.default_rng(0).normal(size=(64, 5)) * 3 + 1)
+    assert main(["train", "--data", str(tmp_path / "p.npy"), *TINY_TRAIN,
+                 "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model.png").stat().st_size > 0

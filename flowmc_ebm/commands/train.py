@@ -52,7 +52,8 @@ from flowmc_ebm.training import run as run_directory
 from flowmc_ebm.training.run import TrainingInterrupted
 from samplers.rundir import RunLock, atomic_write, sweep_leftovers
 
-HELP = "train an EBM (flowMC-EBM, ULA-PCD, MALA-PCD or NT-EBM) on a known target"
+HELP = ("train an EBM (flowMC-EBM, ULA-PCD, MALA-PCD or NT-EBM) on a known target or on your "
+        "data (--data FILE)")
 
 CHECKPOINT = Path("checkpoints") / LATEST
 
@@ -68,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, help="energy L2 weight α (trainer.energy_l2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config field, dotted, TOML value: --set trainer.lr_flow=0.001")
+    parser.add_argument("--data", type=Path, help="train on this file's rows (.npy, .npz, .csv) "
+                        "instead of a target's draws; standardized, the standardization kept "
+                        "in the checkpoints (sample --model undoes it)")
+    parser.add_argument("--columns", help="with --data: columns to keep, by header name or "
+                        "0-based index, comma-separated (default all)")
+    parser.add_argument("--data-key", help="with --data FILE.npz: the array to read")
+    parser.add_argument("--device", default="cpu", help="where the networks and chains live")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run saved in --out (its config; the length may change)")
@@ -91,6 +99,8 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
     if args.seed is not None:
         overrides["trainer.seed"] = args.seed
         overrides["data_seed"] = args.seed
+    if getattr(args, "n_rows", None) is not None:
+        overrides["n_data"] = args.n_rows
     overrides.update(parse_overrides(args.set))
     return config.replace(overrides) if overrides else config
 
@@ -125,7 +135,8 @@ def focus_mode(target: Any) -> int:
 
 def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = False,
               progress: bool = True, snapshot_chains: int = 128,
-              callbacks: tuple[Callable, ...] = ()) -> tuple[JointTrainer, dict[str, Any]]:
+              callbacks: tuple[Callable, ...] = (), data: Any = None,
+              device: Any = None) -> tuple[JointTrainer, dict[str, Any]]:
     """One training run from a config, end to end, with its summary (and files under ``out``).
 
     Args:
@@ -135,6 +146,9 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
         progress: progress bar.
         snapshot_chains: persistent chains followed for R̂.
         callbacks: more `JointTrainer` callbacks.
+        data: a `flowmc_ebm.commands.train.DataRun` to train on instead of the target's draws
+            (no known weights then: the weight fields of the summary are NaN).
+        device: where the networks live (default CPU).
 
     Returns:
         ``(trainer, summary)``; the summary holds `last_quarter_summary`'s numbers, the true
@@ -149,19 +163,19 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
             checkpoints written before are good.
     """
     if out is None:
-        return _train(config, None, resume, progress, snapshot_chains, callbacks)
+        return _train(config, None, resume, progress, snapshot_chains, callbacks, data, device)
     if resume and not out.is_dir():
         raise ValueError(f"nothing to resume: {out} does not exist")
     make_output_directory(out)
     # The lock first: the checks below and every write after are then one process's.
     with RunLock(out):
         sweep_leftovers(out)
-        return _train(config, out, resume, progress, snapshot_chains, callbacks)
+        return _train(config, out, resume, progress, snapshot_chains, callbacks, data, device)
 
 
 def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
-           snapshot_chains: int, callbacks: tuple[Callable, ...]
-           ) -> tuple[JointTrainer, dict[str, Any]]:
+           snapshot_chains: int, callbacks: tuple[Callable, ...], data_run: Any = None,
+           device: Any = None) -> tuple[JointTrainer, dict[str, Any]]:
     directory = out / CHECKPOINT.parent if out is not None else None
     has_checkpoint = directory is not None and bool(
         list_checkpoints(directory) or (directory / LATEST).exists())
@@ -181,9 +195,13 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
             checkpoint = latest_checkpoint(directory)
         for warning in skipped:
             print(f"warning: {warning.message}", file=sys.stderr)
-    target, data = make_data(config)
+    if data_run is None:
+        target, data = make_data(config)
+    else:  # the user's rows, standardized; the standardization rides in the checkpoints
+        target, data = None, data_run.points
+        callbacks = (*callbacks, data_run.standardization)
     if checkpoint is not None:
-        trainer = JointTrainer.load(checkpoint)
+        trainer = JointTrainer.load(checkpoint, map_location=device)
         print(f"resuming from {checkpoint} (iteration {trainer.iteration_})", flush=True)
         if checkpoint.name != LATEST:  # a run killed before it pointed last.pt at its newest
             point_latest(checkpoint)
@@ -192,8 +210,9 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
         if trainer_config.lr_decay != "none" and trainer_config.lr_decay_iterations == 0:
             trainer_config = dataclasses.replace(trainer_config,
                                                  lr_decay_iterations=config.n_iterations)
-        trainer = JointTrainer.from_config(target.dim, config.sampler, config.model,
-                                           trainer_config)
+        trainer = JointTrainer.from_config(data.shape[1], config.sampler, config.model,
+                                           trainer_config, device=device)
+    data = data.to(trainer.device)
     remaining = config.n_iterations - trainer.iteration_
     snapshots = ChainSnapshots(snapshot_chains)
     all_callbacks = (snapshots, *callbacks)
@@ -206,10 +225,13 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
                     checkpoint_every=config.checkpoint_every, progress=progress)
     else:  # nothing left to train (e.g. killed while writing the summary): the report only
         run_directory.resume(trainer, all_callbacks)
-    mode = focus_mode(target)
-    truth = float(target.weights[mode])
+    mode = focus_mode(target) if target is not None else 0
+    truth = float(target.weights[mode]) if target is not None else math.nan
     # wall_time: seconds of training summed over the processes of a resumed run.
-    summary = {"sampler": config.sampler, "target": config.target, "mode": mode, "truth": truth,
+    summary = {"sampler": config.sampler,
+               "target": config.target if data_run is None else None,
+               "data": None if data_run is None else data_run.standardization.source,
+               "mode": mode, "truth": truth,
                **last_quarter_summary(trainer.history_, mode, truth, snapshots),
                "wall_time": trainer.elapsed_,
                "wall_time_process": time.perf_counter() - start,
@@ -217,8 +239,10 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
     if out is not None:
         write_json(out / "history.json", trainer.history_)
         write_json(out / "summary.json", summary)
-        if target.dim == 2:
+        if target is not None and target.dim == 2:
             write_figures(trainer, target, data, out, config.sampler)
+        elif data_run is not None:
+            write_model_figure(trainer, data, out, data_run)
     return trainer, summary
 
 
@@ -241,12 +265,61 @@ def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: P
             atomic_write(out / "weights.png", drawn.read_bytes())
 
 
+def write_model_figure(trainer: JointTrainer, data: torch.Tensor, out: Path,
+                       data_run: Any = None) -> None:
+    """``model.png``: the model's samples beside the data (in the data's units), a density
+    panel in 2-D and a pair plot above."""
+    from flowmc_ebm.plots import plot_data_vs_model
+
+    samples = trainer.pool_.detach()  # the persistent chains: the model's own draws
+    std = data_run.standardization if data_run is not None else None
+    names = std.names if std is not None else None
+    log_prob = trainer.log_prob
+    if std is not None:
+        data, samples = std.inverse_transform(data), std.inverse_transform(samples)
+        log_prob = lambda x: trainer.log_prob(std.transform(x.to(trainer.device)))  # noqa: E731
+    fig = plot_data_vs_model(data, samples, log_prob=log_prob if data.shape[1] == 2 else None,
+                             names=names)
+    with tempfile.TemporaryDirectory() as scratch:
+        fig.savefig(Path(scratch) / "model.png", dpi=90)
+        atomic_write(out / "model.png", (Path(scratch) / "model.png").read_bytes())
+
+
+@dataclasses.dataclass
+class DataRun:
+    """``--data``: the standardized rows (float32) and their `Standardization`."""
+
+    points: torch.Tensor
+    standardization: Any
+
+
+def read_data(args: argparse.Namespace) -> DataRun | None:
+    """The ``--data`` file as a `DataRun`, or None without ``--data``."""
+    if args.data is None:
+        if args.columns is not None or args.data_key is not None:
+            raise ValueError(f"{'--columns' if args.columns else '--data-key'} applies to "
+                             "--data FILE")
+        return None
+    from flowmc_ebm.data import Standardization, read_points
+
+    try:
+        x, names = read_points(args.data, args.columns, key=args.data_key)
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"--data {err}") from None
+    std = Standardization.fit(x, names, str(args.data))
+    return DataRun(torch.as_tensor(std.transform(x), dtype=torch.float32), std)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """One line: weight mean ± sd, error, acceptance, R̂, wall time."""
     def f(key: str, spec: str) -> str:
         value = summary.get(key, math.nan)
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
             else format(value, spec)
+    if summary.get("data"):
+        return (f"trained on {summary['data']}; acceptance local {f('local_accept', '.2f')}, "
+                f"global {f('global_accept', '.2f')}; R-hat {f('rhat', '.3f')}; "
+                f"{summary['wall_time']:.0f} s")
     return (f"weight {f('weight_mean', '.3f')} ± {f('weight_sd', '.3f')} (truth "
             f"{summary['truth']:.3f}, error {f('weight_error', '+.3f')}); chains "
             f"{f('neg_weight_mean', '.3f')}; acceptance local {f('local_accept', '.2f')}, "
@@ -292,12 +365,23 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowmc_ebm.commands import check_device
+
+    device = check_device(args.device)
+    data_run = read_data(args)
+    if data_run is not None:  # epochs count passes over the file's rows
+        args.n_rows = int(data_run.points.shape[0])
     config = resume_config(args) if args.resume else config_from_args(args)
+    if data_run is not None and args.target is not None:
+        raise ValueError("--data and --target are two sources of training points; pass one")
+    source = config.target if data_run is None else (
+        f"{args.data} ({data_run.points.shape[0]} rows x {data_run.points.shape[1]} columns)")
     # stdout: stderr is kept for warnings and the one line of an error.
-    print(f"training {config.sampler}-EBM on {config.target}: {config.n_iterations} iterations "
+    print(f"training {config.sampler}-EBM on {source}: {config.n_iterations} iterations "
           f"-> {args.out}", flush=True)
     try:
-        _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress)
+        _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress,
+                               data=data_run, device=device)
     except TrainingInterrupted as stop:
         print(f"flowmc-ebm train: {stop}; resume with: flowmc-ebm train --resume --out "
               f"{args.out}", file=sys.stderr, flush=True)
