@@ -117,7 +117,13 @@ def test_train_on_a_csv_then_sample_the_model_in_data_units_then_diagnose(tmp_pa
     draws = samplers.Trace.load(out / "trace.npz").samples.reshape(-1, 2).numpy()
     # The chains start from the run's pool mapped back to data units, near the data, not 0.
     assert abs(draws[:, 0].mean() - 12.0) < 3.0 and abs(draws[:, 1].mean() + 4.0) < 3.0
-    assert main(["diagnose", str(out / "trace.npz"), "--n-modes", "2"]) == 0
+    report = tmp_path / "report"
+    assert main(["diagnose", str(out / "trace.npz"), "--n-modes", "2", "--model", str(run),
+                 "--importance", "--n-importance", "2000", "--out", str(report)]) == 0
+    summary = __import__("json").loads((report / "summary.json").read_text())
+    assert summary["importance"]["n"] == 2000 and "agree" in summary["comparison"]
+    assert main(["diagnose", str(out / "trace.npz"), "--importance"]) == 2
+    assert "--importance needs --model RUN" in capsys.readouterr().err
     assert main(["train", "--data", str(csv), "--columns", "h,nope", *TINY_TRAIN,
                  "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
