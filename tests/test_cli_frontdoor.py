@@ -135,3 +135,12 @@ def test_train_on_a_5d_npy_writes_a_pair_plot(tmp_path):
     assert main(["train", "--data", str(tmp_path / "p.npy"), *TINY_TRAIN,
                  "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model.png").stat().st_size > 0
+
+
+def test_one_version_for_both_packages_and_they_ship_type_hints():
+    from importlib import metadata
+    from pathlib import Path
+
+    assert samplers.__version__ == flowmc_ebm.__version__ == metadata.version("flowmc-ebm")
+    for package in (samplers, flowmc_ebm):
+        assert (Path(package.__file__).parent / "py.typed").is_file()
