@@ -201,12 +201,17 @@ def plot_mode_occupancy(hopping: ModeHopping | Any, n_modes: int | None = None) 
     return fig
 
 
-def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_weights: Any = None) -> Figure:
-    """Mode weights of one or several estimators with their intervals, beside the truth.
+def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_weights: Any = None,
+                      *, mode_names: list[str] | None = None) -> Figure:
+    """Mode weights of one or several estimators as bars with their intervals, beside the truth.
+
+    Each mode has a group of bars: the true weight (grey, hatched) when known, then one bar per
+    estimator with its interval as an error bar; the numbers are written above the bars.
 
     Args:
         estimates: a `ModeWeights`, or a mapping from a label to one.
-        true_weights: `(K,)` true weights, drawn as grey bars when given.
+        true_weights: `(K,)` true weights, or None.
+        mode_names: a name per mode for the axis (default ``mode 0``, ``mode 1``, ...).
 
     Example:
         >>> import numpy as np
@@ -219,26 +224,35 @@ def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_w
     if isinstance(estimates, ModeWeights):
         estimates = {estimates.method: estimates}
     k = max(est.n_modes for est in estimates.values())
-    fig = Figure(figsize=(1.2 * k + 3, 4), layout="constrained")
+    names = list(mode_names) if mode_names is not None else [f"mode {m}" for m in range(k)]
+    if len(names) != k:
+        raise ValueError(f"mode_names must name {k} modes; received {len(names)}")
+    groups = len(estimates) + (true_weights is not None)
+    width = 0.8 / groups
+    fig = Figure(figsize=(max(1.1 * k * groups / 2 + 3, 5), 4), layout="constrained")
     ax = fig.subplots()
     modes = np.arange(k)
+    slot = 0
     if true_weights is not None:
-        ax.bar(modes, np.asarray(true_weights, dtype=float), width=0.7, color="0.85", label="true")
+        truth = np.asarray(true_weights, dtype=float)
+        bars = ax.bar(modes + (slot - (groups - 1) / 2) * width, truth, width, color="0.85",
+                      edgecolor="0.4", hatch="//", label="truth")
+        ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
+        slot += 1
     colors = _palette(len(estimates))
-    offsets = np.linspace(-0.2, 0.2, len(estimates)) if len(estimates) > 1 else [0.0]
-    for (name, est), dx, color in zip(estimates.items(), offsets, colors, strict=True):
-        ax.errorbar(
-            modes[: est.n_modes] + dx,
-            est.weights,
-            # Round-off can put an interval end a hair past an estimate at 0 or 1.
-            yerr=np.clip([est.weights - est.lower, est.upper - est.weights], 0.0, None),
-            fmt="o",
-            capsize=4,
-            color=color,
-            label=f"{name} ({100 * est.level:g}% interval)",
-        )
-    ax.set(xticks=modes, xlabel="mode", ylabel="weight", ylim=(0, None), title="Mode weights")
-    ax.legend(fontsize="small")
+    for (name, est), color in zip(estimates.items(), colors, strict=True):
+        x = modes[: est.n_modes] + (slot - (groups - 1) / 2) * width
+        # Round-off can put an interval end a hair past an estimate at 0 or 1.
+        err = np.clip([est.weights - est.lower, est.upper - est.weights], 0.0, None)
+        bars = ax.bar(x, est.weights, width, color=color, alpha=0.85, yerr=err, capsize=3,
+                      error_kw={"elinewidth": 1.2}, label=f"{name} ({100 * est.level:g}% interval)")
+        ax.bar_label(bars, labels=[f"{w:.3f}" for w in est.weights], fontsize="x-small", padding=2)
+        slot += 1
+    top = max([float(np.max(e.upper)) for e in estimates.values()]
+              + ([float(np.max(true_weights))] if true_weights is not None else []))
+    ax.set(xticks=modes, xticklabels=names, ylabel="weight (share of the mass)",
+           ylim=(0, min(1.0, top * 1.18) if top > 0 else 1.0), title="Mode weights")
+    ax.legend(fontsize="small", loc="upper left")
     return fig
 
 
