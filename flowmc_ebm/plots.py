@@ -233,8 +233,8 @@ def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_w
     ax = fig.subplots()
     modes = np.arange(k)
     slot = 0
-    if true_weights is not None:
-        truth = np.asarray(true_weights, dtype=float)
+    truth = None if true_weights is None else np.asarray(_as_numpy(true_weights), dtype=float)
+    if truth is not None:
         bars = ax.bar(modes + (slot - (groups - 1) / 2) * width, truth, width, color="0.85",
                       edgecolor="0.4", hatch="//", label="truth")
         ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
@@ -249,7 +249,7 @@ def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_w
         ax.bar_label(bars, labels=[f"{w:.3f}" for w in est.weights], fontsize="x-small", padding=2)
         slot += 1
     top = max([float(np.max(e.upper)) for e in estimates.values()]
-              + ([float(np.max(true_weights))] if true_weights is not None else []))
+              + ([float(np.max(truth))] if truth is not None else []))
     ax.set(xticks=modes, xticklabels=names, ylabel="weight (share of the mass)",
            ylim=(0, min(1.0, top * 1.18) if top > 0 else 1.0), title="Mode weights")
     ax.legend(fontsize="small", loc="upper left")

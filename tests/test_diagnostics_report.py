@@ -130,7 +130,8 @@ def test_plots_accept_results_and_raw_labels():
     assert len(plots.plot_mode_occupancy(hop).axes) == 2
     assert len(plots.plot_mode_occupancy(hop.labels).axes) == 2
     fig = plots.plot_mode_weights(mode_weights(trace, MEANS), WEIGHTS)
-    assert len(fig.axes[0].containers) == 2  # truth bars and one estimator's error bars
+    # truth bars, one estimator's bars and their error bars
+    assert len(fig.axes[0].containers) == 3
 
 
 def test_trace_plot_with_many_chains_draws_a_readable_subset_and_highlights_suspects():
