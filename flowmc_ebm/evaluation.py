@@ -206,8 +206,10 @@ def landscape_figure(panels: Sequence[tuple[str, Callable[[Tensor], Tensor]]], p
                                        nan="zero").log_density
         # Log scale, clipped 10 nats below the peak: a sharp spike would black out a linear map.
         top = float(log_density.max())
-        ax.imshow(np.maximum(log_density, top - 10), origin="lower",
-                  extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal", vmin=top - 10, vmax=top)
+        image = ax.imshow(np.maximum(log_density, top - 10), origin="lower",
+                          extent=(x0, x1, y0, y1), cmap="viridis", aspect="equal",
+                          vmin=top - 10, vmax=top)
+        fig.colorbar(image, ax=ax, shrink=0.8, label="log density (nats, normalized on the box)")
         if data is not None:
             shown = data[:300].detach().cpu().numpy()
             ax.scatter(shown[:, 0], shown[:, 1], s=2, c="white", alpha=0.5, label="data")
@@ -216,8 +218,9 @@ def landscape_figure(panels: Sequence[tuple[str, Callable[[Tensor], Tensor]]], p
             shown = extra[:300].detach().cpu().numpy()
             ax.scatter(shown[:, 0], shown[:, 1], s=2, c="tab:red", alpha=0.6, label="chains")
         ax.set_title(title, fontsize=10)
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
+        ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x[0]", ylabel="x[1]")
+        if data is not None or extra is not None:
+            ax.legend(loc="upper left", fontsize="small", markerscale=4, framealpha=0.8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
