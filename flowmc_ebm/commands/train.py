@@ -133,6 +133,18 @@ def focus_mode(target: Any) -> int:
     return int(getattr(target, "top_right", int(torch.argmax(target.weights))))
 
 
+def mode_name(target: Any, mode: int) -> str:
+    """How figures name the reported mode: TwoModes' "the top-right mode", else its index and
+    place (e.g. "mode 3 at (3, 0)"; the figure draws its true weight)."""
+    if getattr(target, "top_right", None) == mode:
+        return "the top-right mode"
+    where = ""
+    means = getattr(target, "means", None)
+    if means is not None and means.shape[-1] == 2:
+        where = " at ({:g}, {:g})".format(*(round(float(v), 2) for v in means[mode]))
+    return f"mode {mode}{where}"
+
+
 def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = False,
               progress: bool = True, snapshot_chains: int = 128,
               callbacks: tuple[Callable, ...] = (), data: Any = None,
@@ -261,7 +273,8 @@ def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: P
         if h.get("ebm_mode_weights"):
             weights = [w[mode] for w in h["ebm_mode_weights"]]
             drawn = weight_figure([(f"{label}-EBM (quadrature)", h["eval_iteration"], weights)],
-                                  float(target.weights[mode]), Path(scratch) / "weights.png")
+                                  float(target.weights[mode]), Path(scratch) / "weights.png",
+                                  ylabel=f"EBM weight of {mode_name(target, mode)}")
             atomic_write(out / "weights.png", drawn.read_bytes())
 
 
