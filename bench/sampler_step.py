@@ -74,7 +74,8 @@ def case(name: str, chains: int, dim: int, steps: int, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 and 4096 chains, d = 2 and 64, MALA and FlowMC")
+    parser.add_argument("--quick", action="store_true",
+                        help="64 and 4096 chains, d = 2 and 64, MALA and FlowMC")
     parser.add_argument("--chains", type=int, nargs="+", default=[64, 1024, 4096, 16384, 65536])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 16, 64])
     parser.add_argument("--kernels", nargs="+", default=["mala", "flowmc"])

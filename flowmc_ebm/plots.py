@@ -69,7 +69,7 @@ def plot_traces(
     fig = Figure(figsize=(10, 2.2 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, 2, squeeze=False, width_ratios=[2, 1])
     plain = [c for c in chains if c not in highlight]
-    colors = dict(zip(plain, _palette(len(plain)) if plain else []))
+    colors = dict(zip(plain, _palette(len(plain)) if plain else [], strict=True))
     colors.update({c: "tab:red" for c in highlight})
     for d in range(rows):
         for c in plain + highlight:  # highlighted chains on top

@@ -13,7 +13,8 @@ step sizes and chains that never moved.
 - Leave-one-out R-hat: when the max coordinate R-hat is at or above the threshold, chains are
   removed one at a time (greedily, the one whose removal lowers the max R-hat most, among the
   chains whose means are furthest from the rest) until the others mix; at most a quarter of the
-  chains and at most `MAX_LOO_REMOVALS`. The removed ones are suspect; when no minority explains it, none is named this way.
+  chains and at most `MAX_LOO_REMOVALS`. The removed ones are suspect; when no minority
+  explains it, none is named this way.
 - Step sizes (the trace's "step_size" stat) that collapsed in warm-up: below an absolute floor
   (`STEP_FLOOR`) or a thousandth of the median over chains. Chains that never moved: every
   coordinate's spread along the chain below 1e-6 of the pooled spread.
