@@ -5,17 +5,22 @@ harmless; on real data it is not. The energy starts at ``E ≡ 0``, so the untra
 tilt, and the energy-L2 term ``α (E⁺² + E⁻²)`` keeps pulling the model back toward it: whatever
 mass the tilt gives each class, the EBM must undo by an energy offset that the penalty resists. On
 digits 0/1 mixed 3:1 the N(0, I) base favours the 0s by about e^1.3 and flowMC-EBM ended at 0.85
-for the 0s (truth 0.75; `docs/results_digits.md`). A Gaussian with the data's mean and covariance
-does not help there: after whitening it *is* N(0, I). The tilt needs the right mass per mode,
-which a flow fitted to the data by maximum likelihood has (maximum likelihood is consistent for
-the weights), so the penalty pulls toward roughly the right answer and the energy only refines
-it (`docs/results_real_data.md`).
+for the 0s (truth 0.75; `docs/results_digits.md`). A Gaussian with the
+data's mean and covariance does not help there: after whitening it *is* N(0, I). The tilt needs
+nearly the right mass per mode and a smooth density (MALA has to move on it). A Gaussian mixture
+fitted by EM has both; a flow fitted by maximum likelihood has the mass but, on dequantized
+copies of few images, learns a rough density on which MALA's acceptance fell to 1e-4. Measured
+(`docs/results_real_data.md`): the mixture tilt takes flowMC-EBM from 0.115 to a median 0.035
+off on the worst class, but the EBM stays near its tilt rather than correcting it, and a
+GaussianMixture fitted directly is still closer.
 
 Kinds (`TrainerConfig.tilt`):
 
 - ``"base"``: the flow's own base (the paper's; the default, so earlier runs are unchanged).
 - ``"gaussian"``: ``N(mean, cov)`` of the data (a ridge of ``1e-4 · mean variance`` on the
   diagonal).
+- ``"gmm"``: a full-covariance Gaussian mixture fitted by EM, its size chosen by BIC among 1..10
+  (scikit-learn's `GaussianMixture`): the setting to use on real data.
 - ``"flow"``: a flow of the model's architecture fitted to the data by maximum likelihood (Adam,
   cosine-decayed, ``tilt_steps`` steps), then frozen. With ``"flowmc"`` the sampler's flow starts
   as a copy of it, so the global moves are good from the first iteration.
