@@ -323,8 +323,9 @@ def error_figure(results: dict[str, dict], path: Path) -> None:
             runs = results[dataset][tag]
             truth = np.asarray(runs[0]["truth"])
             err = [np.abs(np.asarray(r["samples"]["weights"]) - truth).max() for r in runs]
-            ax.plot(np.full(len(err), i), np.maximum(err, 1e-4), "o", color="C0" if tag.startswith("flowmc") else
-                    "C1" if tag.startswith(("ula", "nt")) else "0.4", alpha=0.8)
+            color = ("C0" if tag.startswith("flowmc") else
+                     "C1" if tag.startswith(("ula", "nt")) else "0.4")
+            ax.plot(np.full(len(err), i), np.maximum(err, 1e-4), "o", color=color, alpha=0.8)
         ax.axhline(0.03, color="C3", lw=1, ls="--")
         ax.set_xticks(range(len(tags)), tags, rotation=60, ha="right", fontsize=8)
         ax.set_title(dataset, fontsize=10)
