@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
@@ -27,3 +28,6 @@ def test_every_readme_snippet_runs_as_written(tmp_path, monkeypatch):
         except Exception as err:  # noqa: BLE001 - re-raised with the snippet named
             raise AssertionError(f"README snippet {i + 1} fails: {type(err).__name__}: {err}\n"
                                  f"{code}") from err
+    # The snippets that sample leave a trace of finite draws (the last one is checked).
+    trace = namespace["trace"]
+    assert trace.samples.ndim == 3 and bool(torch.isfinite(trace.samples).all())
