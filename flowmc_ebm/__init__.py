@@ -11,7 +11,6 @@ from importlib import metadata as _metadata
 
 from flowmc_ebm import diagnostics
 from flowmc_ebm.energies import ConvEnergy, FlowTiltedEnergy, MLPEnergy, TiltedEnergy
-from flowmc_ebm.estimator import FlowMCEBM
 from flowmc_ebm.flows import make_flow
 from flowmc_ebm.targets import (
     EightGaussians,
@@ -23,6 +22,17 @@ from flowmc_ebm.targets import (
     get_target,
 )
 from flowmc_ebm.trainer import JointTrainer, TrainingDivergedError
+
+
+def __getattr__(name: str):
+    # The estimator imports scikit-learn (about 2 s with scipy); it loads when first asked for,
+    # so `import flowmc_ebm` and every CLI call that never uses it do not pay for it.
+    if name == "FlowMCEBM":
+        from flowmc_ebm.estimator import FlowMCEBM
+
+        return FlowMCEBM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     __version__ = _metadata.version("flowmc-ebm")
