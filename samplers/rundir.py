@@ -74,6 +74,28 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _match_mode(fd: int, path: Path) -> None:
+    """Give the temporary file the mode a plain ``open(path, "wb")`` would leave.
+
+    ``mkstemp`` creates files readable by their owner only (0600); replacing a file with it would
+    silently make a user's results private. A file being replaced keeps its mode; a new one gets
+    0666 less the umask, as ``open`` does.
+    """
+    if not hasattr(os, "fchmod"):  # pragma: no cover - Windows: no POSIX modes to keep
+        return
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_current_umask()
+    os.fchmod(fd, mode)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], None]) -> Path:
     """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically.
 
@@ -85,6 +107,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], No
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
+        _match_mode(fd, path)
         with os.fdopen(fd, "wb") as f:
             _fault("open", path)
             if isinstance(data, (bytes, bytearray, memoryview)):

@@ -197,3 +197,21 @@ def test_a_symlinked_lock_file_is_refused(tmp_path):
     (tmp_path / ".lock").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(OSError, match="is a symbolic link"):
         RunLock(tmp_path).acquire()
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_written_files_get_the_mode_open_would_give_and_replaced_files_keep_theirs(tmp_path):
+    # mkstemp's 0600 must not leak into a user's results (group/others could no longer read them).
+    old = os.umask(0o022)
+    try:
+        fresh = atomic_write(tmp_path / "fresh.json", b"{}")
+        with open(tmp_path / "plain.json", "wb") as f:
+            f.write(b"{}")
+        assert fresh.stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_bytes(b"1")
+        kept.chmod(0o640)
+        atomic_write(kept, b"2")
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_bytes() == b"2"
+    finally:
+        os.umask(old)
