@@ -4,6 +4,7 @@
   (all from ArviZ).
 - `mode_weights` (chain occupancy) and `importance_mode_weights` (the flow as proposal): two
   independent estimates of the mode weights; `compare_mode_weights` says whether they agree.
+- `importance_log_normalizer`: log Z of an unnormalized density, with its SE and Pareto k-hat.
 - `mode_hopping`: transitions, round trips and stuck chains.
 - `fit_modes`: modes by clustering when none are known.
 - `grid`: the one 2-D grid quadrature (`grid_quadrature`, `grid_mode_weights`) for model mass.
@@ -29,6 +30,7 @@ from flowmc_ebm.diagnostics.hopping import (
 from flowmc_ebm.diagnostics.metrics import log_density_error, mode_weight_mse
 from flowmc_ebm.diagnostics.mixing import RHAT_THRESHOLD, MixingSummary, max_rhat, mixing
 from flowmc_ebm.diagnostics.modes import FittedModes, fit_modes, mode_labels
+from flowmc_ebm.diagnostics.normalizer import LogNormalizer, importance_log_normalizer
 from flowmc_ebm.diagnostics.report import Report, report
 from flowmc_ebm.diagnostics.weights import (
     KHAT_THRESHOLD,
@@ -46,6 +48,7 @@ __all__ = [
     "FittedModes",
     "GridDensity",
     "GridWeights",
+    "LogNormalizer",
     "MixingSummary",
     "ModeHopping",
     "ModeWeightComparison",
@@ -59,6 +62,7 @@ __all__ = [
     "grid_log_density",
     "grid_mode_weights",
     "grid_quadrature",
+    "importance_log_normalizer",
     "importance_mode_weights",
     "log_density_error",
     "max_rhat",
