@@ -27,6 +27,32 @@ N_BLOCKS = 32
 MIN_UNITS = 16
 
 
+def _accumulate(blocks: tuple[Tensor, ...], terms: tuple[Tensor, ...], block_len: int,
+                steps: int) -> tuple[tuple[Tensor, ...], int]:
+    """Add one step's ``terms`` (log-values) into the current block of each of ``blocks``; when
+    all ``N_BLOCKS`` blocks are full, neighbours merge first and the block length doubles."""
+    if steps // block_len == N_BLOCKS:
+        blocks = tuple(torch.cat([torch.logaddexp(b[0::2], b[1::2]),
+                                  torch.full_like(b[: N_BLOCKS // 2], -torch.inf)]) for b in blocks)
+        block_len *= 2
+    blk = steps // block_len
+    out = []
+    for b, t in zip(blocks, terms, strict=True):
+        b = b.clone()
+        b[blk] = torch.logaddexp(b[blk], t)
+        out.append(b)
+    return tuple(out), block_len
+
+
+def _block_counts(steps: int, block_len: int) -> list[int]:
+    """Steps in each block used so far (the last one possibly partial)."""
+    if steps == 0:
+        raise RuntimeError("no post-warm-up steps: run samplers.sample with n_steps > 0 first")
+    full = steps // block_len
+    rest = steps - full * block_len
+    return [block_len] * full + ([rest] if rest else [])
+
+
 @dataclass
 class SteppingStoneSums:
     """Log-sums of ``exp(±Δβ_k ℓ)`` per block ``(N_BLOCKS, K−1, n)`` (float64), the block length
@@ -51,26 +77,14 @@ class SteppingStoneSums:
         db = delta_beta.double().unsqueeze(1)
         fwd_t = torch.nan_to_num(0.5 * db * ell[:-1], nan=-torch.inf)
         bwd_t = torch.nan_to_num(-0.5 * db * ell[1:], nan=-torch.inf)
-        fwd, bwd, block_len = self.fwd, self.bwd, self.block_len
-        if self.steps // block_len == N_BLOCKS:
-            fwd, bwd = (torch.cat([torch.logaddexp(t[0::2], t[1::2]),
-                                   torch.full_like(t[: N_BLOCKS // 2], -torch.inf)])
-                        for t in (fwd, bwd))
-            block_len *= 2
-        blk = self.steps // block_len
-        fwd, bwd = fwd.clone(), bwd.clone()
-        fwd[blk] = torch.logaddexp(fwd[blk], fwd_t)
-        bwd[blk] = torch.logaddexp(bwd[blk], bwd_t)
+        (fwd, bwd), block_len = _accumulate((self.fwd, self.bwd), (fwd_t, bwd_t), self.block_len,
+                                            self.steps)
         return SteppingStoneSums(fwd, bwd, block_len, self.steps + 1)
 
     def estimate(self, chains: Tensor | slice | None = None) -> tuple[float, float]:
         """``(log Z, SE)`` from the chains ``chains`` (all by default). SE is NaN with fewer than
         ``MIN_UNITS`` (block, chain) units, too few for a variance."""
-        if self.steps == 0:
-            raise RuntimeError("no post-warm-up steps: run samplers.sample with n_steps > 0 first")
-        full = self.steps // self.block_len
-        rest = self.steps - full * self.block_len
-        counts = [self.block_len] * full + ([rest] if rest else [])
+        counts = _block_counts(self.steps, self.block_len)
         nb = len(counts)
         sel = slice(None) if chains is None else chains
         fwd = self.fwd[:nb, :, sel].cpu().double()  # (B, K−1, n)
@@ -110,23 +124,12 @@ class ImportanceSums:
     def add(self, ell0: Tensor) -> ImportanceSums:
         """One step's ``ℓ`` at the fresh reference draws ``(n,)``; NaN counts as weight 0."""
         t = torch.nan_to_num(ell0.double(), nan=-torch.inf)
-        blocks, block_len = self.blocks, self.block_len
-        if self.steps // block_len == N_BLOCKS:
-            blocks = torch.cat([torch.logaddexp(blocks[0::2], blocks[1::2]),
-                                torch.full_like(blocks[: N_BLOCKS // 2], -torch.inf)])
-            block_len *= 2
-        blk = self.steps // block_len
-        blocks = blocks.clone()
-        blocks[blk] = torch.logaddexp(blocks[blk], t)
+        (blocks,), block_len = _accumulate((self.blocks,), (t,), self.block_len, self.steps)
         return ImportanceSums(blocks, block_len, self.steps + 1)
 
     def estimate(self, chains: Tensor | slice | None = None) -> tuple[float, float]:
         """``(log Z, SE)`` (delta method over (block, chain) units; NaN below ``MIN_UNITS``)."""
-        if self.steps == 0:
-            raise RuntimeError("no post-warm-up steps: run samplers.sample with n_steps > 0 first")
-        full = self.steps // self.block_len
-        rest = self.steps - full * self.block_len
-        counts = [self.block_len] * full + ([rest] if rest else [])
+        counts = _block_counts(self.steps, self.block_len)
         nb = len(counts)
         sel = slice(None) if chains is None else chains
         s = self.blocks[:nb, sel].cpu().double()  # (B, n)
