@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -46,15 +45,14 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 import samplers
-from flowmc_ebm._checks import check_positive_int
-from flowmc_ebm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from flowmc_ebm._checks import check_points, check_positive_int, iteration_count
+from flowmc_ebm.checkpoint import latest_checkpoint, save_checkpoint
 from flowmc_ebm.config import ModelConfig, TrainerConfig
 from flowmc_ebm.energies import FlowTiltedEnergy, MLPEnergy
 from flowmc_ebm.flows import base_distribution, make_flow
-from flowmc_ebm.objectives.contrastive import contrastive_loss, flow_nll
-from flowmc_ebm.training import guard, run, tilts
-from flowmc_ebm.training.guard import TrainingDivergedError, grad_norm
-from flowmc_ebm.training.methods import Method, get_method
+from flowmc_ebm.training import guard, persist, run, tilts, updates
+from flowmc_ebm.training.guard import TrainingDivergedError
+from flowmc_ebm.training.methods import Method, advance, get_method
 from flowmc_ebm.training.run import CHECKPOINT_KIND as _CHECKPOINT_KIND
 from flowmc_ebm.training.run import TrainingInterrupted
 from flowmc_ebm.training.schedule import scheduled_rates, set_rate
@@ -245,18 +243,7 @@ class JointTrainer:
     # ---------------------------------------------------------------------------------- fit
 
     def _check_data(self, data: Any, name: str = "data") -> Tensor:
-        if not isinstance(data, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (n, {self.dim}); received "
-                            f"{type(data).__name__}")
-        if data.ndim != 2 or data.shape[1] != self.dim:
-            raise ValueError(f"{name} must have shape (n, {self.dim}) for this {self.dim}-D "
-                             f"energy; received shape {tuple(data.shape)}")
-        if not data.is_floating_point():
-            raise TypeError(f"{name} must be floating point; received dtype {data.dtype}")
-        bad = ~torch.isfinite(data).all(1)
-        if bool(bad.any()):
-            raise ValueError(f"{name} contains NaN or infinite values in {int(bad.sum())} of "
-                             f"{data.shape[0]} rows (first at row {int(bad.nonzero()[0, 0])})")
+        data = check_points(data, self.dim, name)
         if data.shape[0] < self.config.batch_size:
             raise ValueError(f"{name} has {data.shape[0]} points, fewer than batch_size "
                              f"{self.config.batch_size}")
@@ -304,15 +291,12 @@ class JointTrainer:
             divergence, one entry per restart under ``restarts`` (a dict: ``iteration`` where
             it was detected, ``restored_to``, ``reason``, the new ``lr_energy`` and ``lr_flow``).
 
-        Divergence guard: every iteration records, on the device, the EBM's ``|mean E|``, the
-        gradient norms and whether energies, losses and chains are finite. At each history
-        flush (every ``log_every`` iterations), before each checkpoint and at the end, these are
-        checked in one transfer (no host sync per iteration). If a record is out of range
-        (``config.max_abs_energy``, ``config.max_grad_norm``, NaN or inf anywhere), the trainer
-        goes back to the last state that passed the check (networks, optimizers, chains,
-        generator, data order, history), multiplies both learning rates by
-        ``config.restart_lr_factor`` and goes on. Callbacks only ever see checked states, though
-        after a restart they see the restored iterations again.
+        Divergence guard (`flowmc_ebm.training.guard`): each iteration's device-side record is
+        checked at each history flush, before each checkpoint and at the end, in one transfer;
+        out of range (``config.max_abs_energy``, ``config.max_grad_norm``, NaN or inf), the
+        trainer goes back to its last good state (networks, optimizers, chains, generator,
+        data order, history) with both learning rates times ``config.restart_lr_factor``.
+        Callbacks only see checked states (after a restart, the restored iterations again).
 
         Raises:
             ValueError, TypeError: bad data (NaN/inf, wrong dimension, too few points), a target
@@ -325,16 +309,7 @@ class JointTrainer:
                 written are at ``err.iteration``.
         """
         data = self._check_data(data)
-        if (n_iterations is None) == (epochs is None):
-            raise ValueError("pass exactly one of n_iterations and epochs; received "
-                             f"n_iterations={n_iterations!r}, epochs={epochs!r}")
-        per_epoch = data.shape[0] // self.config.batch_size
-        total = n_iterations if n_iterations is not None else (
-            epochs * per_epoch if isinstance(epochs, int) and not isinstance(epochs, bool)
-            else epochs)
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise ValueError(f"n_iterations / epochs must be a positive int; received "
-                             f"n_iterations={n_iterations!r}, epochs={epochs!r}")
+        total = iteration_count(n_iterations, epochs, data.shape[0] // self.config.batch_size)
         if target is not None and getattr(target, "dim", self.dim) != self.dim:
             raise ValueError(f"target is {target.dim}-D but the model is {self.dim}-D")
         check_positive_int(checkpoint_every, "checkpoint_every")
@@ -387,24 +362,8 @@ class JointTrainer:
         self._cursor += b
         return data[idx]
 
-    def _advance(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the kernel on chains ``x0``; the final positions and the mean local and global
-        acceptance (NaN where the kernel has no such move)."""
-        # The model changed since these chains last moved, so whatever a kernel cached about them
-        # is stale: a fresh init costs one evaluation and keeps MH ratios exact.
-        state = self.kernel.init(x0)
-        total = [torch.zeros((), device=self.device), torch.zeros((), device=self.device)]
-        seen = [False, False]
-        for _ in range(self._steps):
-            state, info = self.kernel.step(state, self.generator)
-            for i, rate in enumerate(self.method.acceptance(self.kernel, info)):
-                if rate is not None:
-                    total[i], seen[i] = total[i] + rate.mean(), True
-        nan = torch.full((), math.nan, device=self.device)
-        local, globl = (t / self._steps if s else nan for t, s in zip(total, seen, strict=True))
-        return state.x.detach(), local, globl
-
     def _iteration(self, data: Tensor, target: Any) -> dict[str, Any]:
+        """One iteration (see the module docstring); its record stays on the device."""
         c = self.config
         if c.lr_decay != "none":
             set_rate((self.opt_energy, self.opt_flow),
@@ -416,39 +375,12 @@ class JointTrainer:
         # NT-EBM's chains are short-run from the flow (Nijkamp et al. 2022): the flow, fitted to
         # the data, moves faster than persistent latent chains could follow.
         start = self._draw_flow(c.n_negatives) if self.method.fresh_chains else self.pool_[idx]
-        negatives, local, globl = self._advance(start)
+        negatives, local, globl = advance(self.method, self.kernel, start, self._steps,
+                                          self.generator)
         self.pool_[idx] = negatives
-
-        # One forward pass for both sets: the same network, so the same cost as two.
-        energies = self.energy(torch.cat([batch, negatives]))
-        e_pos, e_neg = energies[:batch.shape[0]], energies[batch.shape[0]:]
-        terms = contrastive_loss(e_pos, e_neg, c.energy_l2)
-        self.opt_energy.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        grad_energy = grad_norm(self.energy)
-        self.opt_energy.step()
-
-        # The flow's NLL on the data and on the negatives, in one pass; it steps on the one its
-        # method fits (flowMC-EBM and the PCD baselines: the negatives; NT-EBM: the data).
-        nll_data, nll_neg = flow_nll(self.flow, batch, negatives)
-        flow_loss = nll_data if self.method.flow_fits == "data" else nll_neg
-        self.opt_flow.zero_grad(set_to_none=True)
-        flow_loss.backward()
-        grad_flow = grad_norm(self.flow)
-        self.opt_flow.step()
-
-        record = {"loss_energy": terms.loss.detach(), "energy_gap": terms.gap.detach(),
-                  "energy_pos": e_pos.detach().mean(), "energy_neg": e_neg.detach().mean(),
-                  "flow_nll_neg": nll_neg.detach(), "flow_nll_data": nll_data.detach(),
-                  "local_accept": local, "global_accept": globl,
-                  # Device-side only; read at the next check (see `fit`), never here.
-                  "guard": guard.record(e_pos, e_neg, energies, grad_energy, flow_loss,
-                                        grad_flow, negatives)}
-        if target is not None:
-            labels = target.assign(negatives)
-            record["neg_mode_weights"] = torch.bincount(
-                labels, minlength=target.n_modes).to(negatives.dtype) / labels.shape[0]
-        return record
+        e = updates.energy_step(self.energy, self.opt_energy, batch, negatives, c.energy_l2)
+        f = updates.flow_step(self.flow, self.opt_flow, batch, negatives, self.method.flow_fits)
+        return updates.iteration_record(e, f, local, globl, negatives, target)
 
     def _flush(self) -> None:
         run.flush(self)
@@ -456,30 +388,8 @@ class JointTrainer:
     # ---------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a run needs to continue, as plain data (`torch.load(weights_only=True)`)."""
-        self._flush()
-        return {
-            "config": asdict(self.config),
-            "model_config": None if self.model_config is None else
-            {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.model_config).items()},
-            "dim": self.dim,
-            "sampler": self._sampler_name(),
-            "energy": self.energy.state_dict(),
-            "flow": self.flow.state_dict(),
-            "tilt": tilts.tilt_state(self.tilt),
-            "opt_energy": self.opt_energy.state_dict(),
-            "opt_flow": self.opt_flow.state_dict(),
-            "generator": self.generator.get_state(),
-            "pool": self.pool_,
-            "order": self._order,
-            "cursor": self._cursor,
-            "n_data": self._n_data,
-            "iteration": self.iteration_,
-            "elapsed": self._elapsed,
-            "history": self.history_,
-            "resumptions": self.resumptions_,
-            "callbacks": run.callback_states(self),
-        }
+        """Everything a run needs to continue, as plain data (see `flowmc_ebm.training.persist`)."""
+        return persist.state_dict(self)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temporary file, fsync, rename).
@@ -511,50 +421,7 @@ class JointTrainer:
             FileNotFoundError: no such file.
             ValueError: the file is truncated, corrupt, foreign, or does not fit the modules.
         """
-        if map_location is None:
-            map_location = next(energy.parameters()).device if energy is not None else "cpu"
-        state = load_checkpoint(path, _CHECKPOINT_KIND, map_location=map_location)
-        try:
-            config = TrainerConfig(**state["config"])
-            name = state["sampler"]
-            if sampler is None:
-                if name == "custom":
-                    raise ValueError("it was trained with a custom kernel factory; pass the same "
-                                     "factory as sampler=")
-                sampler = name
-            if energy is None or flow is None:
-                if state["model_config"] is None:
-                    raise ValueError("its networks were not built by JointTrainer.from_config; "
-                                     "pass energy= and flow= modules of the saved architecture")
-                trainer = cls.from_config(state["dim"], sampler,
-                                          ModelConfig(**state["model_config"]), config,
-                                          device=map_location)
-            else:
-                model_config = (ModelConfig(**state["model_config"])
-                                if state["model_config"] is not None else None)
-                trainer = cls(energy, flow, sampler, config, model_config=model_config)
-            if state.get("tilt") is not None:
-                tilts.install(trainer, tilts.restore_tilt(state["tilt"], state["dim"],
-                                                          trainer.model_config))
-            trainer.energy.load_state_dict(state["energy"])
-            trainer.flow.load_state_dict(state["flow"])
-            trainer.opt_energy.load_state_dict(state["opt_energy"])
-            trainer.opt_flow.load_state_dict(state["opt_flow"])
-            trainer.generator.set_state(state["generator"].cpu())
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise ValueError(f"cannot restore a trainer from {path}: {message}") from None
-        trainer.pool_ = state["pool"]
-        trainer._order = state["order"]
-        trainer._cursor = state["cursor"]
-        trainer._n_data = state["n_data"]
-        trainer.iteration_ = state["iteration"]
-        trainer._elapsed = state["elapsed"]
-        trainer.history_ = state["history"]
-        trainer.resumptions_ = state.get("resumptions", 0)
-        trainer._callback_states = state.get("callbacks", [])
-        trainer._loaded = True
-        return trainer
+        return persist.restore(cls, path, energy, flow, sampler, map_location)
 
     @classmethod
     def load_latest(cls, directory: str | Path, **kwargs: Any) -> JointTrainer:

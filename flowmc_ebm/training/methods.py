@@ -20,14 +20,18 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
+
 import samplers
 from flowmc_ebm.energies import FlowTiltedEnergy, TiltedEnergy
 
-__all__ = ["METHODS", "Method", "custom_method", "get_method", "register"]
+__all__ = ["METHODS", "Method", "advance", "custom_method", "get_method", "register"]
 
 Acceptance = Callable[[samplers.Kernel, samplers.Info], tuple[Any, Any]]
 
@@ -131,3 +135,24 @@ def get_method(sampler: str | Callable | Method) -> Method:
         raise TypeError(f"sampler must be a name ({', '.join(METHODS)}) or a callable "
                         f"log_prob -> samplers.Kernel; received {type(sampler).__name__}")
     return custom_method(sampler)
+
+
+def advance(method: Method, kernel: samplers.Kernel, x0: Tensor, steps: int,
+            generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Run ``kernel`` ``steps`` steps on chains ``x0`` ``(n, dim)``: the final positions
+    (detached) and the mean local and global acceptance as device scalars (NaN where the kernel
+    has no such move, as ``method.acceptance`` says)."""
+    # The model changed since these chains last moved, so whatever a kernel cached about them
+    # is stale: a fresh init costs one evaluation and keeps MH ratios exact.
+    state = kernel.init(x0)
+    device = x0.device
+    total = [torch.zeros((), device=device), torch.zeros((), device=device)]
+    seen = [False, False]
+    for _ in range(steps):
+        state, info = kernel.step(state, generator)
+        for i, rate in enumerate(method.acceptance(kernel, info)):
+            if rate is not None:
+                total[i], seen[i] = total[i] + rate.mean(), True
+    nan = torch.full((), math.nan, device=device)
+    local, globl = (t / steps if s else nan for t, s in zip(total, seen, strict=True))
+    return state.x.detach(), local, globl
