@@ -31,7 +31,9 @@ class DualAveraging:
 
     Args:
         target_accept: acceptance probability to aim for (MALA: 0.574; HMC: 0.65–0.8).
-        gamma, t0, kappa: Nesterov dual-averaging constants, Stan's defaults.
+        gamma: Nesterov dual-averaging constant (shrinkage toward the initial step), Stan's default.
+        t0: Nesterov dual-averaging constant (early-iteration damping), Stan's default.
+        kappa: Nesterov dual-averaging constant (decay of the averaging weights), Stan's default.
 
     Example:
         >>> da = DualAveraging(0.574)

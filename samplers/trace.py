@@ -278,7 +278,9 @@ class TraceWriter:
     Args:
         path: a directory that does not exist yet or is empty, or with ``resume`` one holding a
             run started with the same ``settings``.
-        warmup, thin, kernel: the run's settings, recorded in the manifest and every chunk.
+        warmup: the run's warm-up steps, recorded in the manifest and every chunk.
+        thin: the run's thinning, recorded likewise.
+        kernel: the run's kernel name, recorded likewise.
         settings: what a resumed run must match (JSON values; `samplers.sample` records the
             kernel, chains, event shape, dtype, steps, warm-up, thinning, chunk size, generator).
         resume: continue the run in ``path``: its committed chunks are kept, and `checkpoint` is
