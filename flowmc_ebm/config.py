@@ -148,9 +148,10 @@ class TrainerConfig:
         pool_size: persistent chains kept between iterations.
         batch_size: data points per EBM step.
         n_negatives: chains taken from the pool, advanced and used as negatives per iteration.
-        mcmc_steps: kernel steps per iteration; with ``"flowmc"`` a step is a local or a global
-            move, scheduled as cycles of ``n_local`` local then ``n_global`` global moves
-            (10 = 2 × (4 MALA + 1 i-SIR)).
+        mcmc_steps: MCMC moves per chain per iteration, for every method: a ULA, MALA or
+            latent-MALA step is one move, as is each local or global move of ``"flowmc"``, which
+            runs them as cycles of ``n_local`` local then ``n_global`` global moves (10 = 2 ×
+            (4 MALA + 1 i-SIR)), so it must be a multiple of ``n_local + n_global``.
         n_local, n_global: flowMC's schedule within a cycle.
         global_move: ``"isir"`` or ``"imh"``.
         n_particles: i-SIR proposals per chain per global move.

@@ -93,3 +93,15 @@ def test_a_registered_method_is_a_sampler_a_run_config_accepts():
         assert RunConfig(sampler="hmc-run", iterations=2).sampler == "hmc-run"
     finally:
         del METHODS["hmc-run"]
+
+
+def test_mcmc_steps_counts_moves_per_chain_for_every_method():
+    # One meaning for every method: flowMC's cycle of n_local + n_global moves counts as that
+    # many moves, a Langevin step as one.
+    config = TrainerConfig(mcmc_steps=10, n_local=4, n_global=1)
+    assert METHODS["flowmc"].steps(config) == 2
+    assert METHODS["mala"].steps(config) == METHODS["ula"].steps(config) == 10
+    assert METHODS["nt"].steps(config) == 10
+    with pytest.raises(ValueError, match=r"mcmc_steps \(7\) must be a multiple of 5, the moves "
+                                         r"one 'flowmc' kernel step makes"):
+        METHODS["flowmc"].steps(TrainerConfig(mcmc_steps=7, n_local=4, n_global=1))

@@ -7,8 +7,8 @@ the divergence guard is `flowmc_ebm.training.guard`, the learning-rate decay
 
 One iteration:
 
-1. take ``n_negatives`` chains from the persistent pool and advance them ``mcmc_steps`` steps on
-   the current model (``"flowmc"``: MALA steps and i-SIR/IMH moves proposed by the flow);
+1. take ``n_negatives`` chains from the persistent pool and advance them ``mcmc_steps`` moves on
+   the current model (``"flowmc"``: MALA moves and i-SIR/IMH moves proposed by the flow);
 2. write them back to the pool;
 3. one Adam step of the energy on ``mean E(x⁺) − mean E(x⁻) [+ α (mean E⁺² + mean E⁻²)]``;
 4. one Adam step of the flow on its negative log-likelihood of the negatives (of the data for

@@ -46,8 +46,8 @@ def _flowmc_acceptance(kernel: samplers.FlowMC, info: samplers.Info) -> tuple[An
     return local, info.extras["global_accept_prob"]
 
 
-def _steps(config) -> int:
-    return config.mcmc_steps
+def _one_move(config) -> int:
+    return 1
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ class Method:
         tilt: ``(energy, flow) -> model`` whose ``log_prob`` the chains sample
             (`TiltedEnergy`: ``−E + log λ``; `FlowTiltedEnergy`: ``−E + log q``).
         kernel: ``(log_prob, flow, config) -> samplers.Kernel``.
-        steps: ``config -> kernel steps per iteration``.
+        moves_per_step: ``config -> MCMC moves one kernel step makes per chain`` (1 for a
+            Langevin step; ``n_local + n_global`` for a flowMC cycle). ``config.mcmc_steps``
+            counts moves for every method, so an iteration runs `steps` kernel steps.
         acceptance: ``(kernel, info) -> (local, global)`` acceptance of one step, each a
             per-chain tensor or None where the kernel has no such move (recorded as NaN).
         fresh_chains: start every iteration's chains from new flow draws (short-run) instead of
@@ -70,7 +72,7 @@ class Method:
     name: str
     kernel: Callable[..., samplers.Kernel]
     tilt: Callable[..., Any] = TiltedEnergy
-    steps: Callable[[Any], int] = _steps
+    moves_per_step: Callable[[Any], int] = _one_move
     acceptance: Acceptance = _mh_acceptance
     fresh_chains: bool = False
     flow_fits: str = "negatives"
@@ -79,6 +81,15 @@ class Method:
         if self.flow_fits not in ("negatives", "data"):
             raise ValueError(f"Method.flow_fits must be 'negatives' or 'data'; received "
                              f"{self.flow_fits!r}")
+
+    def steps(self, config) -> int:
+        """Kernel steps per iteration: ``config.mcmc_steps`` moves in whole kernel steps."""
+        per_step = self.moves_per_step(config)
+        if config.mcmc_steps % per_step:
+            raise ValueError(f"trainer.mcmc_steps ({config.mcmc_steps}) must be a multiple of "
+                             f"{per_step}, the moves one {self.name!r} kernel step makes per "
+                             f"chain")
+        return config.mcmc_steps // per_step
 
 
 def _flowmc_kernel(log_prob, flow, c) -> samplers.Kernel:
@@ -103,7 +114,7 @@ def register(method: Method) -> Method:
     return method
 
 
-register(Method("flowmc", _flowmc_kernel, steps=lambda c: c.flowmc_cycles(),
+register(Method("flowmc", _flowmc_kernel, moves_per_step=lambda c: c.n_local + c.n_global,
                 acceptance=_flowmc_acceptance))
 register(Method("ula", lambda log_prob, flow, c: samplers.ULA(log_prob, c.step_size)))
 register(Method("mala", lambda log_prob, flow, c: samplers.MALA(log_prob, c.step_size)))
@@ -112,7 +123,7 @@ register(Method("nt", _nt_kernel, tilt=FlowTiltedEnergy, fresh_chains=True, flow
 
 def custom_method(factory: Callable[[Callable], samplers.Kernel]) -> Method:
     """A method around a user's kernel factory ``log_prob -> samplers.Kernel``, run
-    ``mcmc_steps`` times per iteration on ``−E + log λ`` from the pool."""
+    ``mcmc_steps`` times per iteration on ``−E + log λ`` from the pool (one step, one move)."""
     def kernel(log_prob, flow, config) -> samplers.Kernel:
         k = factory(log_prob)
         if not isinstance(k, samplers.Kernel):
