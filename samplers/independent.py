@@ -93,7 +93,25 @@ def _move(state: State, x: Tensor, lp: Tensor, grad: Tensor | None, moved: Tenso
                          grad=None if state.grad is None else torch.where(m, grad, state.grad))
 
 
-class IndependentMH(Kernel):
+class _ProposalKernel(Kernel):
+    """What both independence kernels share: a log-density, a proposal, and the check at `init`
+    that the proposal's event shape matches the chains'."""
+
+    def __init__(self, log_prob: LogProb, proposal: Proposal):
+        check_log_prob_fn(log_prob)
+        check_proposal(proposal)
+        self.log_prob = log_prob
+        self.proposal = proposal
+        self._matched: tuple | None = None
+
+    def init(self, x: Tensor) -> State:
+        state = initial_state(self.log_prob, x, grad=False)
+        check_float_log_prob(state.log_prob)
+        self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
+        return state
+
+
+class IndependentMH(_ProposalKernel):
     """Independent Metropolis–Hastings: propose ``y ~ q`` regardless of ``x``, accept with
     ``min(1, p(y) q(x) / (p(x) q(y)))``.
 
@@ -110,19 +128,6 @@ class IndependentMH(Kernel):
         >>> bool(info.accepted.all())
         True
     """
-
-    def __init__(self, log_prob: LogProb, proposal: Proposal):
-        check_log_prob_fn(log_prob)
-        check_proposal(proposal)
-        self.log_prob = log_prob
-        self.proposal = proposal
-        self._matched: tuple | None = None
-
-    def init(self, x: Tensor) -> State:
-        state = initial_state(self.log_prob, x, grad=False)
-        check_float_log_prob(state.log_prob)
-        self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
-        return state
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n = state.x.shape[0]
@@ -144,7 +149,7 @@ class IndependentMH(Kernel):
         return f"IndependentMH(proposal={type(self.proposal).__name__})"
 
 
-class ISIR(Kernel):
+class ISIR(_ProposalKernel):
     """Iterated sampling-importance-resampling (Andrieu, Lee & Vihola 2018).
 
     Each chain keeps its current point and draws ``n_particles`` fresh ones from ``q``; it then
@@ -167,19 +172,9 @@ class ISIR(Kernel):
     """
 
     def __init__(self, log_prob: LogProb, proposal: Proposal, n_particles: int = 16):
-        check_log_prob_fn(log_prob)
-        check_proposal(proposal)
         check_positive_int(n_particles, "n_particles")
-        self.log_prob = log_prob
-        self.proposal = proposal
+        super().__init__(log_prob, proposal)
         self.n_particles = n_particles
-        self._matched: tuple | None = None
-
-    def init(self, x: Tensor) -> State:
-        state = initial_state(self.log_prob, x, grad=False)
-        check_float_log_prob(state.log_prob)
-        self._matched = check_proposal_matches(self.proposal, state.x, self._matched)
-        return state
 
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n, k = state.x.shape[0], self.n_particles
