@@ -35,7 +35,7 @@ import torch
 
 from flowmc_ebm.checkpoint import checkpoint_path, write_numbered_checkpoint
 from flowmc_ebm.evaluation import quadrature_mode_weights
-from flowmc_ebm.training import guard
+from flowmc_ebm.training import guard, parallel
 from samplers.rundir import RunLock, sweep_leftovers
 
 __all__ = ["CHECKPOINT_KIND", "GracefulStop", "TrainingInterrupted", "callback_states",
@@ -167,8 +167,14 @@ def _postfix(trainer) -> dict[str, str]:
 
 
 def save_numbered(trainer, directory: str | Path) -> Path:
-    """``iter-NNNNNN.pt`` in ``directory``, ``last.pt`` pointed at it, old ones pruned."""
+    """``iter-NNNNNN.pt`` in ``directory``, ``last.pt`` pointed at it, old ones pruned (under a
+    process group: a collective, rank 0 writing every rank's chains, see `parallel`)."""
     guard.refuse_non_finite(trainer, checkpoint_path(directory, trainer.iteration_))
+    ctx = getattr(trainer, "_parallel", None)
+    if ctx is not None:
+        path = ctx.save(trainer, directory, trainer._resumed_at)
+        trainer._resumed_at = None
+        return path
     path = write_numbered_checkpoint(trainer.state_dict(), directory, trainer.iteration_,
                                      CHECKPOINT_KIND, trainer.config.keep_checkpoints,
                                      newer_than=trainer._resumed_at)
@@ -183,16 +189,22 @@ def fit_loop(trainer, data: torch.Tensor, total: int, target: Any, callbacks: Se
              checkpoint_dir: str | Path | None, checkpoint_every: int, progress: bool) -> None:
     """`JointTrainer.fit` once its arguments are checked (see there)."""
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
-    lock = RunLock(directory).acquire() if directory is not None else None
+    ctx = parallel.attach(trainer)  # None without torch.distributed
+    writer = ctx is None or ctx.rank == 0  # under torchrun rank 0 alone writes and locks
+    lock = RunLock(directory).acquire() if directory is not None and writer else None
     try:
-        if directory is not None:
+        if directory is not None and writer:
             sweep_leftovers(directory)
         resume(trainer, callbacks)
         trainer._callbacks = tuple(callbacks)
+        if ctx is not None:
+            ctx.enter(trainer)
         with GracefulStop(enabled=directory is not None) as stop:
             _loop(trainer, data, total, target, callbacks, directory, checkpoint_every,
-                  progress, stop)
+                  progress and writer, stop)
     finally:
+        if ctx is not None:
+            ctx.exit(trainer)
         trainer._callback_states = callback_states(trainer)
         trainer._callbacks = ()
         if lock is not None:
@@ -202,6 +214,7 @@ def fit_loop(trainer, data: torch.Tensor, total: int, target: Any, callbacks: Se
 def _loop(trainer, data, total, target, callbacks, directory, checkpoint_every, progress,
           stop: GracefulStop) -> None:
     t = trainer
+    ctx = getattr(t, "_parallel", None)
     t._n_data = data.shape[0]
     if t.pool_ is None:
         t.pool_ = t._draw_base(t.config.pool_size, t.generator)
@@ -219,7 +232,15 @@ def _loop(trainer, data, total, target, callbacks, directory, checkpoint_every, 
         while t.iteration_ < goal:
             try:
                 record = t._iteration(data, target)
+                if ctx is not None:
+                    record = ctx.reduce_record(record)
             except ValueError as err:
+                if ctx is not None:  # the other ranks are inside the all-reduce: stop the job
+                    raise RuntimeError(
+                        f"rank {ctx.rank}: iteration {t.iteration_ + 1} failed ({err}); a "
+                        f"distributed run cannot restart one rank from its last good state, "
+                        f"so the job stops: resume it from the last checkpoint (with smaller "
+                        f"learning rates if it diverged)") from err
                 # A kernel refusing NaN/inf chains or log-densities (samplers.NonFiniteError)
                 # is a diverged EBM the guard may not have seen yet; so is any ValueError
                 # once the guard's records are already out of range. Others are not ours.
@@ -240,6 +261,8 @@ def _loop(trainer, data, total, target, callbacks, directory, checkpoint_every, 
             log = t.iteration_ % t.config.log_every == 0
             save = directory is not None and t.iteration_ % checkpoint_every == 0
             halt = stop.signum is not None
+            if ctx is not None:  # agreed at log points and checkpoints only (a host sync)
+                halt = (log or save or t.iteration_ == goal) and ctx.any(halt, t.device)
             if not (log or save or halt or t.iteration_ == goal):
                 continue
             t._elapsed = time.perf_counter() - start
@@ -251,6 +274,8 @@ def _loop(trainer, data, total, target, callbacks, directory, checkpoint_every, 
             if log and passed:
                 bar.set_postfix(_postfix(t), refresh=False)
                 stopped = any(bool(callback(t)) for callback in callbacks)
+            if ctx is not None and log:
+                stopped = ctx.any(stopped, t.device)
             if save or (halt and directory is not None):
                 save_numbered(t, directory)
                 saved_at = t.iteration_

@@ -1,0 +1,176 @@
+"""`JointTrainer.fit` data-parallel over 2 gloo processes started by torchrun
+(flowmc_ebm.training.parallel): one launch runs the one-step check and a 50-iteration run that
+the checks below compare with a single-process emulation."""
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from flowmc_ebm.checkpoint import latest_checkpoint
+from flowmc_ebm.objectives.contrastive import contrastive_loss, flow_nll
+from flowmc_ebm.training import parallel
+from samplers.distributed import rank_generator, shard_bounds
+from tests.distributed_train_worker import ITERATIONS, make_data, make_trainer, params
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_train_worker.py"
+
+
+def torchrun(*args, nproc=2, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(nproc), str(WORKER), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist_train")
+    run = torchrun("checks", str(tmp / "result.json"), str(tmp / "checkpoints"))
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads((tmp / "result.json").read_text()), tmp / "checkpoints"
+
+
+def emulate(world=2, iterations=ITERATIONS):
+    """What `world` ranks must compute, in this one process: each rank's block of the pool and
+    of each batch, advanced with that rank's generator; one step on the concatenated batch and
+    negatives."""
+    t = make_trainer()
+    c = t.config
+    data = make_data().to(t.device)
+    gens = [rank_generator(torch.Generator().manual_seed(c.seed), r) for r in range(world)]
+    p, m = c.pool_size // world, c.n_negatives // world
+    pools = [t._draw_base(p, g) for g in gens]
+    per_epoch = data.shape[0] // c.batch_size
+    losses = []
+    for i in range(iterations):
+        epoch, pos = divmod(i, per_epoch)
+        order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(
+            parallel.epoch_seed(c.seed, epoch)))
+        batch = data[order[pos * c.batch_size:(pos + 1) * c.batch_size]]
+        negatives = []
+        for r in range(world):
+            idx = torch.randperm(p, generator=gens[r])[:m] if m < p else slice(None)
+            state = t.kernel.init(pools[r][idx])
+            for _ in range(c.flowmc_cycles()):
+                state, _ = t.kernel.step(state, gens[r])
+            pools[r][idx] = state.x.detach()
+            negatives.append(state.x.detach())
+        neg = torch.cat(negatives)
+        e = t.energy(torch.cat([batch, neg]))
+        terms = contrastive_loss(e[:batch.shape[0]], e[batch.shape[0]:], c.energy_l2)
+        t.opt_energy.zero_grad()
+        terms.loss.backward()
+        t.opt_energy.step()
+        _, nll_neg = flow_nll(t.flow, batch, neg)
+        t.opt_flow.zero_grad()
+        nll_neg.backward()
+        t.opt_flow.step()
+        losses.append(float(terms.loss.detach()))
+    return params(t), torch.cat(pools), losses
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    return emulate()
+
+
+def test_one_step_equals_the_single_process_step_on_the_concatenated_batch(two_ranks):
+    r, _ = two_ranks
+    assert r["world"] == 2
+    assert r["step_batch_rows"] == 12 and r["step_batch_distinct"] == 12  # blocks, no overlap
+    assert r["step_moved"] > 1e-4  # the step did something
+    assert r["step_max_diff"] < 1e-6, r["step_max_diff"]  # without the all-reduce: ~1e-2
+    assert r["step_ranks_identical"]
+
+
+def test_a_50_iteration_run_equals_the_single_process_emulation(two_ranks, emulated):
+    r, _ = two_ranks
+    want_params, want_pool, want_losses = emulated
+    assert r["ranks_identical"]  # the networks never drift apart
+    assert r["local_pool_rows"] == 16 and r["config_pool_size"] == 32  # global config after fit
+    assert len(r["loss_energy"]) == ITERATIONS
+    torch.testing.assert_close(torch.tensor(r["params"], dtype=torch.float64), want_params,
+                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(r["pool"], dtype=torch.float64), want_pool,
+                               rtol=0, atol=1e-9)
+    # History: the all-reduced record is the concatenated batch's loss.
+    torch.testing.assert_close(torch.tensor(r["loss_energy"]), torch.tensor(want_losses),
+                               rtol=0, atol=1e-9)
+
+
+def test_the_rank0_checkpoint_holds_every_ranks_chains_and_generator(two_ranks, emulated):
+    r, directory = two_ranks
+    trainer = load(directory)
+    assert trainer.iteration_ == ITERATIONS and trainer.config.pool_size == 32
+    assert torch.equal(trainer.pool_, torch.tensor(r["pool"], dtype=torch.float64))
+    saved = trainer._parallel_state
+    assert saved["world"] == 2 and len(saved["generators"]) == 2
+    assert not torch.equal(saved["generators"][0], saved["generators"][1])
+
+
+def test_another_process_count_is_refused_by_name(two_ranks):
+    _, directory = two_ranks
+    trainer = load(directory)
+    with pytest.raises(ValueError, match="cannot resume exactly in one process: the checkpoint "
+                                         "was written by 2 processes"):
+        trainer.fit(make_data(), n_iterations=1, progress=False)
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1,
+                            timeout=timedelta(seconds=30))
+    try:
+        with pytest.raises(ValueError, match="cannot resume exactly with 1 processes: the "
+                                             "checkpoint was written by 2 processes.*"
+                                             "--nproc_per_node 2"):
+            trainer.fit(make_data(), n_iterations=1, progress=False)
+        one = make_trainer()
+        one.fit(make_data(), n_iterations=1, progress=False)  # world 1 under a group: runs
+        with pytest.raises(ValueError, match="trainer.batch_size = 13 is not a multiple of the 2"):
+            _attach_as(make_trainer(batch_size=13), 2)
+    finally:
+        dist.destroy_process_group()
+    assert one.iteration_ == 1
+
+
+def _attach_as(trainer, world):
+    """attach's size check for a world of ``world`` (the group here has one process)."""
+    real = dist.get_world_size
+    dist.get_world_size = lambda *a: world
+    try:
+        parallel.attach(trainer)
+    finally:
+        dist.get_world_size = real
+
+
+def load(directory):
+    fresh = make_trainer()
+    return parallel.load(latest_checkpoint(directory), energy=fresh.energy, flow=fresh.flow)
+
+
+def test_blocks_of_the_pool_and_batch_cover_everything_once():
+    assert [shard_bounds(32, 2, r) for r in range(2)] == [(0, 16), (16, 32)]
+    assert parallel.epoch_seed(3, 0) != parallel.epoch_seed(3, 1) != parallel.epoch_seed(4, 1)
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_stops_the_job_and_the_run_resumes_from_its_checkpoint(
+        tmp_path, emulated):
+    directory = str(tmp_path / "checkpoints")
+    crashed = torchrun("kill", str(tmp_path / "a.json"), directory, "25", timeout=120)
+    assert crashed.returncode != 0  # no hang: torchrun stops rank 0 (gloo timeout 60 s)
+    assert latest_checkpoint(directory).name == "iter-000020.pt"
+    resumed = torchrun("kill", str(tmp_path / "b.json"), directory, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert r["resumed_from"] == 20
+    torch.testing.assert_close(torch.tensor(r["params"], dtype=torch.float64), emulated[0],
+                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(r["pool"], dtype=torch.float64), emulated[1],
+                               rtol=0, atol=1e-9)
