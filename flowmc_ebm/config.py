@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowmc_ebm.config_fields import read_table, spec, validate
+from flowmc_ebm.config_fields import group_table, read_table, spec, ungroup_table, validate
 from flowmc_ebm.targets import TARGETS as _TARGET_REGISTRY
 
 if sys.version_info >= (3, 11):
@@ -64,45 +64,6 @@ TRAINER_GROUPS: dict[str, tuple[str, ...]] = {
     "schedule": ("lr_decay", "lr_decay_iterations", "lr_final_factor"),
 }
 _GROUP_OF = {key: group for group, keys in TRAINER_GROUPS.items() for key in keys}
-
-
-def _ungroup_trainer(data: Any) -> Any:
-    """``[trainer]`` with its sub-tables merged into flat `TrainerConfig` keys.
-
-    A key in the wrong sub-table, or given both flat and in its sub-table with two values, is
-    refused in one line that says where it belongs.
-    """
-    if not isinstance(data, dict):
-        return data
-    flat = {k: v for k, v in data.items() if k not in TRAINER_GROUPS}
-    for group in TRAINER_GROUPS:
-        if group not in data:
-            continue
-        table = data[group]
-        if not isinstance(table, dict):
-            raise TypeError(f"trainer.{group} must be a table (dict); received "
-                            f"{type(table).__name__}")
-        for key, value in table.items():
-            if _GROUP_OF.get(key) != group:
-                home = f"[trainer.{_GROUP_OF[key]}]" if key in _GROUP_OF else "[trainer]"
-                if key not in _GROUP_OF and key not in _TRAINER_FIELDS:
-                    raise ValueError(f"unknown key trainer.{group}.{key}; known keys: "
-                                     f"{', '.join(TRAINER_GROUPS[group])}")
-                raise ValueError(f"trainer.{group}.{key}: {key} belongs in {home}, not in "
-                                 f"[trainer.{group}]")
-            if key in flat and flat[key] != value:
-                raise ValueError(f"trainer.{key} = {flat[key]!r} and trainer.{group}.{key} = "
-                                 f"{value!r}: one key given twice (its place is [trainer.{group}])")
-            flat[key] = value
-    return flat
-
-
-def _group_trainer(data: dict) -> dict:
-    """The inverse of `_ungroup_trainer`: flat trainer keys into their sub-tables."""
-    out = {k: v for k, v in data.items() if k not in _GROUP_OF}
-    for group, keys in TRAINER_GROUPS.items():
-        out[group] = {k: data[k] for k in keys if k in data}
-    return out
 
 
 @dataclass
@@ -260,7 +221,8 @@ class TrainerConfig:
             >>> grouped == TrainerConfig.from_dict({"seed": 1, "n_local": 9})
             True
         """
-        return read_table(cls, _ungroup_trainer(data), "trainer", tuple(TRAINER_GROUPS))
+        flat = ungroup_table(data, TRAINER_GROUPS, "trainer", _TRAINER_FIELDS)
+        return read_table(cls, flat, "trainer", tuple(TRAINER_GROUPS))
 
 
 @dataclass
@@ -355,7 +317,7 @@ class RunConfig:
                 return {k: plain(v) for k, v in value.items()}
             return list(value) if isinstance(value, tuple) else value
         data = plain(dataclasses.asdict(self))
-        data["trainer"] = _group_trainer(data["trainer"])
+        data["trainer"] = group_table(data["trainer"], TRAINER_GROUPS)
         return data
 
     def replace(self, overrides: dict[str, Any]) -> RunConfig:

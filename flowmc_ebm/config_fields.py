@@ -1,6 +1,7 @@
 """The field machinery of `flowmc_ebm.config`: a dataclass field that carries its allowed values
-(`spec`), its check when a record is built (`validate`), and the reading of a record from a
-TOML/JSON table (`read_table`). Every message names the field, what it expects and what came.
+(`spec`), its check when a record is built (`validate`), the reading of a record from a
+TOML/JSON table (`read_table`), and a table's sub-tables merged into flat keys and back
+(`ungroup_table`, `group_table`). Every message names the field, what it expects and what came.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import typing
 from dataclasses import field
 from typing import Any
 
-__all__ = ["read_table", "spec", "validate"]
+__all__ = ["group_table", "read_table", "spec", "ungroup_table", "validate"]
 
 
 def spec(default: Any, *, low: float | None = None, low_open: bool = False,
@@ -91,3 +92,46 @@ def read_table(cls: type, data: Any, section: str, tables: tuple[str, ...] = ())
         if dataclasses.is_dataclass(hints[key]):  # a nested table: its own from_dict
             kwargs[key] = hints[key].from_dict(kwargs[key])
     return cls(**kwargs)
+
+
+def ungroup_table(data: Any, groups: dict[str, tuple[str, ...]], section: str,
+                  known: frozenset[str]) -> Any:
+    """``data`` (the ``[section]`` table) with its sub-tables ``groups`` merged into flat keys.
+
+    A key in the wrong sub-table, or given both flat and in its sub-table with two values, is
+    refused in one line that says where it belongs; ``known`` are the record's flat fields.
+    """
+    if not isinstance(data, dict):
+        return data
+    group_of = {key: group for group, keys in groups.items() for key in keys}
+    flat = {k: v for k, v in data.items() if k not in groups}
+    for group in groups:
+        if group not in data:
+            continue
+        table = data[group]
+        if not isinstance(table, dict):
+            raise TypeError(f"{section}.{group} must be a table (dict); received "
+                            f"{type(table).__name__}")
+        for key, value in table.items():
+            if group_of.get(key) != group:
+                home = f"[{section}.{group_of[key]}]" if key in group_of else f"[{section}]"
+                if key not in group_of and key not in known:
+                    raise ValueError(f"unknown key {section}.{group}.{key}; known keys: "
+                                     f"{', '.join(groups[group])}")
+                raise ValueError(f"{section}.{group}.{key}: {key} belongs in {home}, not in "
+                                 f"[{section}.{group}]")
+            if key in flat and flat[key] != value:
+                raise ValueError(f"{section}.{key} = {flat[key]!r} and {section}.{group}.{key} = "
+                                 f"{value!r}: one key given twice (its place is "
+                                 f"[{section}.{group}])")
+            flat[key] = value
+    return flat
+
+
+def group_table(data: dict, groups: dict[str, tuple[str, ...]]) -> dict:
+    """The inverse of `ungroup_table`: flat keys into their sub-tables."""
+    grouped = {key for keys in groups.values() for key in keys}
+    out = {k: v for k, v in data.items() if k not in grouped}
+    for group, keys in groups.items():
+        out[group] = {k: data[k] for k in keys if k in data}
+    return out
