@@ -445,7 +445,8 @@ def compare_mode_weights(a: ModeWeights, b: ModeWeights, *, alpha: float = 0.05)
     near 1 and a precise-looking but wrong occupancy.
 
     Args:
-        a, b: estimates over the same modes (same `assign`).
+        a: one estimate of the mode weights.
+        b: the other, over the same modes (same `assign`).
         alpha: family-wise false-alarm rate when both are right.
 
     Returns:
