@@ -16,8 +16,10 @@ The spline is zuko's, raw parameter for raw parameter (`zuko_layout`): the same 
 heights and slopes (``slope`` is the minimal slope), the same knots on ``[-B, B]``, boundary
 slopes fixed to 1 and the identity outside ``[-B, B]`` (so the map is C1 at ``±B``: the tails
 are the linear extension of slope 1), and all-zero raw parameters give the identity. The
-conditioner's output holds all raw widths and heights first, then all raw slopes; permuted by
-:func:`zuko_layout` (zuko's per-feature layout: ``K`` widths, ``K`` heights, ``K - 1`` slopes)
+conditioner's output holds all raw widths and heights first, then all raw slopes, bin-major
+(bin ``j`` of every transformed feature, then bin ``j + 1``: the bin search then runs over
+contiguous rows); permuted by :func:`zuko_layout` (zuko's per-feature layout: ``K`` widths,
+``K`` heights, ``K - 1`` slopes)
 the weights carry over to ``zuko.flows.GeneralCouplingTransform`` with
 ``univariate=MonotonicRQSTransform``.
 
@@ -53,32 +55,37 @@ __all__ = [
 class _SplineBins(torch.autograd.Function):
     """Bin lookup of a batch of splines, with a hand-written backward.
 
-    Autograd through softmax, cumulative sum and gather would allocate and traverse a dozen
-    ``(..., 2K)`` tensors per call; here the forward makes two (the exp of the bounded raw
-    widths and heights, and their cumulative sums) and the backward three. Everything after
-    the lookup acts on one value per element.
+    Bins lie on dimension ``-2`` and elements on ``-1`` (``raw_wh (..., 2K, h)``, ``raw_d
+    (..., K - 1, h)``, ``t (..., h)``): every reduction over the bins (cumulative sum,
+    comparison count) then runs over contiguous rows of ``h`` elements, which eager PyTorch
+    vectorizes, instead of over an innermost dimension of 8. Autograd through softmax,
+    cumulative sum and gather would allocate and traverse a dozen ``(..., 2K, h)`` tensors per
+    call; here the forward makes two (the exp of the bounded raw widths and heights, and their
+    cumulative sums) and the backward three. Everything after the lookup acts on one value per
+    element.
     """
 
     @staticmethod
     def forward(ctx, raw_wh: Tensor, raw_d: Tensor, t: Tensor, row: int, limit: float):
-        bins = raw_wh.shape[-1] // 2
+        bins = raw_wh.shape[-2] // 2
         e = raw_wh.abs().mul_(2 / limit).add_(1)
         torch.div(raw_wh, e, out=e)
         e = e.exp_()  # unnormalized softmax of widths (first K) and heights (last K)
-        rows = e.unflatten(-1, (2, bins))
-        c = rows.cumsum(-1)
-        totals = c[..., bins - 1]
-        k = ((t * totals[..., row])[..., None] > c[..., row, : bins - 1]).sum(-1, keepdim=True)
+        rows = e.unflatten(-2, (2, bins))
+        c = rows.cumsum(-2)
+        totals = c[..., bins - 1, :]
+        k = ((t * totals[..., row, :]).unsqueeze(-2) > c[..., row, : bins - 1, :]).sum(
+            -2, keepdim=True)
         # One index for the bin in the flattened [widths | heights] rows.
-        k_wh = torch.cat([k, k + bins], dim=-1)
-        e_k = e.gather(-1, k_wh)
-        c_k = c.flatten(-2).gather(-1, k_wh)
+        k_wh = torch.cat([k, k + bins], dim=-2)
+        e_k = e.gather(-2, k_wh)
+        c_k = c.flatten(-3, -2).gather(-2, k_wh)
         # Slopes at the bin's two knots: knot j in 1..K-1 has raw slope raw_d[j - 1]; the
         # boundary knots 0 and K have slope 1 (raw value 0).
-        knots = torch.cat([k - 1, k], dim=-1)
+        knots = torch.cat([k - 1, k], dim=-2)
         inner = (knots >= 0) & (knots < bins - 1)
         knots = knots.clamp(0, bins - 2)
-        raw_k = raw_d.gather(-1, knots) * inner
+        raw_k = raw_d.gather(-2, knots) * inner
         d = (raw_k / (raw_k.abs() * (1 / limit) + 1)).exp()
         ctx.save_for_backward(raw_wh, e, k_wh, knots, inner, raw_k, d)
         ctx.limit = limit
@@ -90,18 +97,18 @@ class _SplineBins(torch.autograd.Function):
     def backward(ctx, g_e: Tensor, g_c: Tensor, g_t: Tensor, g_d: Tensor, _: Tensor):
         raw_wh, e, k_wh, knots, inner, raw_k, d = ctx.saved_tensors
         limit = ctx.limit
-        bins = e.shape[-1] // 2
+        bins = e.shape[-2] // 2
         # d c_k / d e_j = [j <= k], the same k for the widths' and the heights' row.
-        below = torch.arange(bins, device=e.device) <= k_wh[..., :1]
-        grad = (below[..., None, :] * g_c[..., None]).flatten(-2)
-        grad.scatter_add_(-1, k_wh, g_e)
-        grad.unflatten(-1, (2, bins)).add_(g_t[..., None])
+        below = torch.arange(bins, device=e.device)[:, None] <= k_wh[..., :1, :]
+        grad = (below.unsqueeze(-3) * g_c.unsqueeze(-2)).flatten(-3, -2)
+        grad.scatter_add_(-2, k_wh, g_e)
+        grad.unflatten(-2, (2, bins)).add_(g_t.unsqueeze(-2))
         # d/du exp(u / (1 + a|u|)) = exp(...) / (1 + a|u|)^2.
         denom = raw_wh.abs().mul_(2 / limit).add_(1).square_()
         grad_wh = grad.mul_(e).div_(denom)
         denom_d = raw_k.abs() * (1 / limit) + 1
         grad_d = torch.zeros(ctx.d_shape, dtype=d.dtype, device=d.device)
-        grad_d.scatter_add_(-1, knots, g_d * d / (denom_d * denom_d) * inner)
+        grad_d.scatter_add_(-2, knots, g_d * d / (denom_d * denom_d) * inner)
         return grad_wh, grad_d, None, None, None
 
 
@@ -110,39 +117,45 @@ def _spline_bins(
 ) -> tuple[Tensor, ...]:
     """The bin of each normalized coordinate ``t`` and that bin's quantities.
 
-    ``raw_wh``: raw widths and heights ``(..., 2K)``; ``raw_d``: raw inner-knot slopes
-    ``(..., K - 1)``; ``t``: ``(...)`` in ``[0, 1]``, an input (``row = 0``, searched among
-    the widths) or an output (``row = 1``, among the heights). The widths and heights are
-    the softmax of zuko's soft-bounded raw values; the softmax is left unnormalized (``exp``
+    ``raw_wh``: raw widths and heights ``(..., 2K, h)``; ``raw_d``: raw inner-knot slopes
+    ``(..., K - 1, h)``; ``t``: ``(..., h)`` in ``[0, 1]``, an input (``row = 0``, searched
+    among the widths) or an output (``row = 1``, among the heights). The widths and heights
+    are the softmax of zuko's soft-bounded raw values; the softmax is left unnormalized (``exp``
     only: the soft bound keeps its arguments below ``log(1/slope) / 2``, so no max needs
     subtracting) and only the gathered values are divided by the totals. Returns ``t`` scaled
     by its row's total, the exp width and height of the bin, their cumulative sums at its
     right edge, the slopes at its two knots, and the two totals; all shaped like ``t``.
     """
-    bins = raw_wh.shape[-1] // 2
-    if raw_wh.shape[-1] != 2 * bins or raw_d.shape[-1] != bins - 1 or bins < 2:
+    bins = raw_wh.shape[-2] // 2
+    if (raw_wh.shape[-2] != 2 * bins or raw_d.shape[-2] != bins - 1 or bins < 2
+            or raw_wh.shape[-1] != t.shape[-1] or raw_d.shape[-1] != t.shape[-1]):
         raise ValueError(
-            f"spline parameters need 2K raw widths and heights and K - 1 raw slopes (K >= 2); "
+            f"spline parameters need 2K raw widths and heights and K - 1 raw slopes (K >= 2) "
+            f"on dimension -2 for the {t.shape[-1]} elements on dimension -1; "
             f"received shapes {tuple(raw_wh.shape)} and {tuple(raw_d.shape)}"
         )
     e_k, c_k, totals, d, _ = _SplineBins.apply(raw_wh, raw_d, t, row, -math.log(slope))
-    e_w, e_h = e_k.unbind(-1)
-    c_w, c_h = c_k.unbind(-1)
-    t_w, t_h = totals.unbind(-1)
-    d0, d1 = d.unbind(-1)
+    e_w, e_h = e_k.unbind(-2)
+    c_w, c_h = c_k.unbind(-2)
+    t_w, t_h = totals.unbind(-2)
+    d0, d1 = d.unbind(-2)
     scaled = t * (t_h if row else t_w)
     return scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h
 
 
-def _split(phi: Tensor) -> tuple[Tensor, Tensor]:
-    """zuko's per-element layout ``(..., 3K - 1)`` to ``(raw_wh, raw_d)``."""
+def _split(phi: Tensor | tuple[Tensor, Tensor], v: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """``(raw_wh, raw_d, v, squeeze)`` with the bins on dimension ``-2``: zuko's per-element
+    layout ``phi (..., 3K - 1)`` and ``v (...)`` get a trailing element dimension of 1
+    (``squeeze``: remove it from the results); a pair is taken as it is."""
+    if isinstance(phi, tuple):
+        return phi[0], phi[1], v, False
     bins = (phi.shape[-1] + 1) // 3
     if phi.shape[-1] != 3 * bins - 1 or bins < 2:
         raise ValueError(
             "spline parameters need 3 * bins - 1 entries (bins >= 2) in their last dimension; "
             f"received shape {tuple(phi.shape)}"
         )
-    return phi[..., : 2 * bins].contiguous(), phi[..., 2 * bins :]
+    return phi[..., : 2 * bins, None], phi[..., 2 * bins :, None], v[..., None], True
 
 
 def _log_slope(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,8 +177,8 @@ def rq_spline(
     Args:
         x: Inputs ``(...)``.
         phi: Raw parameters ``(..., 3K - 1)`` (``K`` widths, ``K`` heights, ``K - 1`` slopes),
-            or the pair ``(raw_wh (..., 2K), raw_d (..., K - 1))``, faster when ``raw_wh`` is
-            contiguous.
+            or, for ``x`` of shape ``(..., h)``, the bin-major pair ``(raw_wh (..., 2K, h),
+            raw_d (..., K - 1, h))`` (faster: what the coupling passes).
         bound: The spline acts on ``[-bound, bound]`` and is the identity outside.
         slope: Minimal slope of the spline.
 
@@ -177,17 +190,18 @@ def rq_spline(
         >>> y, ladj
         (tensor([0.3000, 7.0000]), tensor([0., 0.]))
     """
+    raw_wh, raw_d, x, squeeze = _split(phi, x)
     inside = x.abs() < bound
     # Clamped so that the branch torch.where discards stays finite (its gradient is 0 * value).
     u = (x * (0.5 / bound) + 0.5).clamp(0.0, 1.0)
-    raw_wh, raw_d = phi if isinstance(phi, tuple) else _split(phi)
     scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h = _spline_bins(raw_wh, raw_d, u, 0, slope)
     xi = ((scaled - c_w) / e_w + 1).clamp(0.0, 1.0)
     s = e_h * t_w / (e_w * t_h)
     denom, log_slope = _log_slope(xi, s, d0, d1)
     v = (c_h - e_h + e_h * (s * xi * xi + d0 * xi * (1 - xi)) / denom) / t_h
     y = torch.where(inside, v * (2 * bound) - bound, x)
-    return y, torch.where(inside, log_slope, 0.0)
+    ladj = torch.where(inside, log_slope, 0.0)
+    return (y.squeeze(-1), ladj.squeeze(-1)) if squeeze else (y, ladj)
 
 
 def rq_spline_inverse(
@@ -213,9 +227,9 @@ def rq_spline_inverse(
         >>> rq_spline_inverse(y, phi)[0]
         tensor([-1.0000,  0.5000,  2.0000])
     """
+    raw_wh, raw_d, y, squeeze = _split(phi, y)
     inside = y.abs() < bound
     v = (y * (0.5 / bound) + 0.5).clamp(0.0, 1.0)
-    raw_wh, raw_d = phi if isinstance(phi, tuple) else _split(phi)
     scaled, e_w, e_h, c_w, c_h, d0, d1, t_w, t_h = _spline_bins(raw_wh, raw_d, v, 1, slope)
     s = e_h * t_w / (e_w * t_h)
     # Position in the bin as a fraction of its height, in [0, 1].
@@ -228,7 +242,8 @@ def rq_spline_inverse(
     u = (c_w - e_w + xi * e_w) / t_w
     _, log_slope = _log_slope(xi, s, d0, d1)
     x = torch.where(inside, u * (2 * bound) - bound, y)
-    return x, torch.where(inside, -log_slope, 0.0)
+    ladj = torch.where(inside, -log_slope, 0.0)
+    return (x.squeeze(-1), ladj.squeeze(-1)) if squeeze else (x, ladj)
 
 
 def zuko_layout(features: int, bins: int) -> Tensor:
@@ -238,10 +253,10 @@ def zuko_layout(features: int, bins: int) -> Tensor:
 
     Example:
         >>> zuko_layout(2, 2).tolist()
-        [0, 1, 2, 3, 8, 4, 5, 6, 7, 9]
+        [0, 2, 4, 6, 8, 1, 3, 5, 7, 9]
     """
-    wh = torch.arange(features * 2 * bins).reshape(features, 2 * bins)
-    d = features * 2 * bins + torch.arange(features * (bins - 1)).reshape(features, bins - 1)
+    wh = torch.arange(features * 2 * bins).reshape(2 * bins, features).T
+    d = features * 2 * bins + torch.arange(features * (bins - 1)).reshape(bins - 1, features).T
     return torch.cat([wh, d], dim=-1).reshape(-1)
 
 
@@ -253,9 +268,8 @@ class SplineCoupling(Transform):
 
     Args:
         meta: Maps ``x_a`` ``(..., D_a)`` to raw parameters ``(..., D_b * (3K - 1))``: first
-            the ``2K`` raw widths and heights of each transformed feature, then the ``K - 1``
-            raw slopes of each (so that the widths and heights of all features are one
-            contiguous block; :func:`zuko_layout` gives the permutation to zuko's layout).
+            the raw widths and heights ``(2K, D_b)``, then the raw slopes ``(K - 1, D_b)``,
+            both bin-major (:func:`zuko_layout` gives the permutation to zuko's layout).
         mask: Boolean ``(D,)``; ``True`` marks the constant part ``x_a`` (zuko's convention).
         bins: Number of bins ``K``.
         bound: Spline domain bound ``B``.
@@ -297,8 +311,8 @@ class SplineCoupling(Transform):
     def _params(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
         n_b, bins = len(self.idx_b), self.bins
         phi = self.meta(x_a)
-        return (phi[..., : 2 * bins * n_b].unflatten(-1, (n_b, 2 * bins)),
-                phi[..., 2 * bins * n_b :].unflatten(-1, (n_b, bins - 1)))
+        return (phi[..., : 2 * bins * n_b].unflatten(-1, (2 * bins, n_b)),
+                phi[..., 2 * bins * n_b :].unflatten(-1, (bins - 1, n_b)))
 
     def _apply(self, x: Tensor, spline: Callable) -> tuple[Tensor, Tensor]:
         if x.shape[-1] != len(self.order):

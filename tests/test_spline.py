@@ -123,6 +123,22 @@ def test_hand_written_backward_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda p, v: rq_spline_inverse(v, p), (phi, x))
 
 
+def test_bin_major_pairs_give_the_per_element_spline_and_its_gradients():
+    # The coupling passes (raw_wh (n, 2K, h), raw_d (n, K - 1, h)), bins on dimension -2;
+    # the same numbers as zuko's per-element layout (n, h, 3K - 1), values and gradients.
+    generator = torch.Generator().manual_seed(3)
+    phi = torch.randn(3, 3, 3 * K - 1, generator=generator, dtype=torch.float64)
+    x = 2.5 * torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    x[1, 2] = -6.0  # outside [-B, B]
+    pair = (phi[..., : 2 * K].transpose(-1, -2), phi[..., 2 * K :].transpose(-1, -2))
+    for spline in (rq_spline, rq_spline_inverse):
+        for a, b in zip(spline(x, pair), spline(x, phi), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    wh, d = (p.detach().clone().requires_grad_(True) for p in pair)
+    assert torch.autograd.gradcheck(lambda a, b, v: rq_spline(v, (a, b)), (wh, d, x))
+    assert torch.autograd.gradcheck(lambda a, b, v: rq_spline_inverse(v, (a, b)), (wh, d, x))
+
+
 @pytest.mark.parametrize("bound", [5.0, 2.0])
 def test_spline_equals_zukos_monotonic_rqs_given_the_same_parameters(bound):
     generator = torch.Generator().manual_seed(2)
