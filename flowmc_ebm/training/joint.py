@@ -412,8 +412,9 @@ class JointTrainer:
 
         Args:
             path: the checkpoint.
-            energy, flow: modules of the saved architecture; needed only when the trainer was
-                not built by `from_config` (otherwise they are rebuilt from the checkpoint).
+            energy: the energy module of the saved architecture; needed only when the trainer
+                was not built by `from_config` (otherwise it is rebuilt from the checkpoint).
+            flow: the flow of the saved architecture; likewise.
             sampler: needed only for a trainer saved with a custom kernel factory.
             map_location: device to load onto (default: that of ``energy``, else CPU).
 
