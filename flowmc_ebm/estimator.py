@@ -36,6 +36,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
+from flowmc_ebm._checks import check_positive_int
 from flowmc_ebm.config import SAMPLERS, ModelConfig, TrainerConfig
 from flowmc_ebm.diagnostics.normalizer import LogNormalizer, importance_log_normalizer
 from flowmc_ebm.diagnostics.weights import (
@@ -69,15 +70,20 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         flow: a zuko flow on ``R^d``, copied at each `fit`; None builds one with
             `flowmc_ebm.flows.make_flow` from ``flow_kind``, ``flow_transforms``, ``flow_hidden``
             and ``base_scale``.
-        energy_hidden, flow_kind, flow_transforms, flow_hidden, base_scale: the default networks
-            (see `flowmc_ebm.config.ModelConfig`).
+        energy_hidden: widths of the default `MLPEnergy` (see `flowmc_ebm.config.ModelConfig`).
+        flow_kind: kind of the default flow (``"realnvp"``, ...; see `flowmc_ebm.flows.make_flow`).
+        flow_transforms: transforms of the default flow.
+        flow_hidden: hidden widths of the default flow's networks.
+        base_scale: scale of the default flow's Gaussian base.
         n_iterations: EBM steps; None means ``epochs`` passes over the data.
         epochs: passes over the data (``n // batch_size`` steps each) when ``n_iterations`` is
             None.
         batch_size: data points per step (capped at the number of rows).
-        pool_size, n_negatives, mcmc_steps: persistent chains, chains advanced per step, kernel
-            steps per iteration (see `flowmc_ebm.config.TrainerConfig`).
-        lr_energy, lr_flow: Adam learning rates.
+        pool_size: persistent chains (see `flowmc_ebm.config.TrainerConfig`).
+        n_negatives: chains advanced per step.
+        mcmc_steps: kernel steps per iteration.
+        lr_energy: Adam learning rate of the energy.
+        lr_flow: Adam learning rate of the flow.
         lr_decay: ``"cosine"``, ``"linear"`` or ``"none"``, over the whole run.
         energy_l2: ``α`` of the energy regularizer.
         trainer_options: other `TrainerConfig` fields, e.g. ``{"step_size": 0.05}``.
@@ -229,10 +235,7 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         return JointTrainer(energy, flow, self.method, config)
 
     def _positive(self, name: str, minimum: int = 1) -> int:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}; received {value!r}")
-        return value
+        return check_positive_int(getattr(self, name), name, minimum)
 
     def _validate(self, X: Any, reset: bool) -> Tensor:
         if isinstance(X, Tensor):
