@@ -45,6 +45,7 @@ import zuko
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
 
+from flowmc_ebm._checks import check_positive_int
 from flowmc_ebm.energies import FlowTiltedEnergy, TiltedEnergy
 from flowmc_ebm.flows import make_flow
 
@@ -99,9 +100,7 @@ def gmm_tilt(data: Tensor, n_components: int = 0, *, max_components: int = 10,
     from sklearn.mixture import GaussianMixture
 
     data = _check(data)
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 0:
-        raise ValueError(f"n_components must be an int >= 0 (0: chosen by BIC); received "
-                         f"{n_components!r}")
+    check_positive_int(n_components, "n_components (0: chosen by BIC)", minimum=0)
     x = data.double().cpu().numpy()
     sizes = [n_components] if n_components else range(1, min(max_components, len(x) // 2) + 1)
     fits = [GaussianMixture(k, covariance_type="full", n_init=2, random_state=seed).fit(x)
@@ -132,8 +131,7 @@ def flow_tilt(data: Tensor, *, kind: str = "realnvp", transforms: int = 4,
         (torch.Size([1]), False)
     """
     data = _check(data)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int; received {steps!r}")
+    check_positive_int(steps, "steps")
     generator = torch.Generator(device=data.device).manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
