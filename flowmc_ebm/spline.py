@@ -68,9 +68,9 @@ class _SplineBins(torch.autograd.Function):
     @staticmethod
     def forward(ctx, raw_wh: Tensor, raw_d: Tensor, t: Tensor, row: int, limit: float):
         bins = raw_wh.shape[-2] // 2
-        e = raw_wh.abs().mul_(2 / limit).add_(1)
-        torch.div(raw_wh, e, out=e)
-        e = e.exp_()  # unnormalized softmax of widths (first K) and heights (last K)
+        denom = raw_wh.abs().mul_(2 / limit).add_(1)
+        # Unnormalized softmax of widths (first K) and heights (last K).
+        e = torch.div(raw_wh, denom).exp_()
         rows = e.unflatten(-2, (2, bins))
         c = rows.cumsum(-2)
         totals = c[..., bins - 1, :]
@@ -87,7 +87,7 @@ class _SplineBins(torch.autograd.Function):
         knots = knots.clamp(0, bins - 2)
         raw_k = raw_d.gather(-2, knots) * inner
         d = (raw_k / (raw_k.abs() * (1 / limit) + 1)).exp()
-        ctx.save_for_backward(raw_wh, e, k_wh, knots, inner, raw_k, d)
+        ctx.save_for_backward(denom, e, k_wh, knots, inner, raw_k, d)
         ctx.limit = limit
         ctx.d_shape = raw_d.shape
         ctx.mark_non_differentiable(k)
@@ -95,7 +95,7 @@ class _SplineBins(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_e: Tensor, g_c: Tensor, g_t: Tensor, g_d: Tensor, _: Tensor):
-        raw_wh, e, k_wh, knots, inner, raw_k, d = ctx.saved_tensors
+        denom, e, k_wh, knots, inner, raw_k, d = ctx.saved_tensors
         limit = ctx.limit
         bins = e.shape[-2] // 2
         # d c_k / d e_j = [j <= k], the same k for the widths' and the heights' row.
@@ -104,8 +104,7 @@ class _SplineBins(torch.autograd.Function):
         grad.scatter_add_(-2, k_wh, g_e)
         grad.unflatten(-2, (2, bins)).add_(g_t.unsqueeze(-2))
         # d/du exp(u / (1 + a|u|)) = exp(...) / (1 + a|u|)^2.
-        denom = raw_wh.abs().mul_(2 / limit).add_(1).square_()
-        grad_wh = grad.mul_(e).div_(denom)
+        grad_wh = grad.mul_(e).div_(denom).div_(denom)
         denom_d = raw_k.abs() * (1 / limit) + 1
         grad_d = torch.zeros(ctx.d_shape, dtype=d.dtype, device=d.device)
         grad_d.scatter_add_(-2, knots, g_d * d / (denom_d * denom_d) * inner)
