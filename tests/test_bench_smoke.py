@@ -70,6 +70,7 @@ def test_our_adapters_spend_at_most_the_budget(problem, runs):
         _check_scored(sampling_peers.score(run, problem.target), problem)
 
 
+@pytest.mark.slow  # ~20 s, nearly all of it JAX compiling NUTS: the budget cut is a bench concern
 def test_nuts_is_cut_at_the_budget(problem):
     run = numpyro_nuts.run_nuts(problem)
     assert not run.notes, run.notes  # the warm-up (a chunk of 25 draws) left room for draws
@@ -147,3 +148,75 @@ def test_flow_cost_benchmark_times_every_flow_and_call_with_ratios_from_one_run(
     for name, ratios in case["ratio_to_realnvp"].items():
         for call, ratio in ratios.items():
             assert math.isclose(ratio, case["seconds"][name][call] / case["seconds"]["realnvp"][call])
+
+
+# --- bench/tempering_peers.py (issue #12) -------------------------------------------------------
+
+def _tempering():
+    from bench import tempering_peers
+    return tempering_peers, tempering_peers.suite_module()
+
+
+def test_tempering_bench_counts_every_point_and_shares_the_suites_targets():
+    tp, suite = _tempering()
+    target = suite.targets()[1]  # three_4d
+    counted = tp.Counted(target)
+    x = torch.randn(5, 3, target.dim)
+    assert counted(x).equal(target(x)) and counted.n == 15
+    counted(x[0])
+    assert counted.n == 18
+
+
+def test_tempering_bench_jax_density_is_the_suites():
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+
+    from bench.peers.blackjax_smc import jax_diag_mixture
+
+    _, suite = _tempering()
+    target = suite.targets()[2]  # eight_6d: unequal widths and weights
+    x = 4 * torch.randn(64, target.dim, generator=torch.Generator().manual_seed(0))
+    ours_lp = target(x).numpy()
+    theirs = np.asarray(jax.vmap(jax_diag_mixture(target))(jnp.asarray(x.numpy())))
+    np.testing.assert_allclose(theirs, ours_lp, rtol=1e-5, atol=1e-4)
+
+
+def test_tempering_bench_ratios_and_goals():
+    tp, _ = _tempering()
+
+    def row(method, err, ess, log_z=None):
+        return {"method": method, "mode_weight_error": err, "ess_mode_per_s": ess,
+                "log_z": log_z, "log_z_error": None if log_z is None else abs(log_z),
+                "log_z_se": None, "wall_s": 1.0, "target_evals": 100.0}
+
+    runs = [{"target": "t", "rows": [row(tp.PT, 0.01, 100.0, 0.001), row(tp.SMC, 0.02, 40.0, -0.1),
+                                     row(tp.MALA, 0.3, math.nan)]},
+            {"target": "t", "rows": [row(tp.PT, 0.02, 100.0, 0.002), row(tp.SMC, 0.05, 60.0, 0.2),
+                                     row(tp.MALA, 0.01, 500.0)]}]
+    (s,) = tp.summary(runs)
+    # Worst over seeds: PT 0.02, SMC 0.05, MALA 0.3 -> SMC is the best peer on error.
+    assert s["best_error_peer"] == tp.SMC and s["error_ratio"] == pytest.approx(0.4)
+    assert s["error_goal_met"]
+    # MALA's mean ESS/s is NaN (a mode unvisited on one seed): the best ESS peer is SMC (50/s).
+    assert s["best_ess_peer"] == tp.SMC and s["ess_ratio"] == pytest.approx(2.0)
+    assert s["ess_goal_met"]
+    assert s["log_z_ratio"] == pytest.approx(0.01)
+    runs[1]["rows"][0]["mode_weight_error"] = 0.06  # PT now worse than SMC
+    runs[1]["rows"][0]["ess_mode_per_s"] = 99.0  # and under 2x
+    (s,) = tp.summary(runs)
+    assert not s["error_goal_met"] and not s["ess_goal_met"]
+
+
+def test_tempering_bench_smc_adapter_spends_about_the_budget():
+    pytest.importorskip("blackjax")  # in the bench venv only
+    from bench.peers import blackjax_smc
+
+    _, suite = _tempering()
+    target = suite.targets()[0]
+    config = blackjax_smc.SMCConfig(num_mcmc_steps=2, pilot_particles=64)
+    run, extra = blackjax_smc.run_smc(target, 30_000, 0, config=config)
+    assert run.samples.shape == (1, extra["particles"], target.dim)
+    assert extra["particle_weights"].sum() == pytest.approx(1.0)
+    assert math.isfinite(extra["log_z"]) and extra["smc_steps"] >= 1
+    assert extra["pilot_evals"] < run.logprob_evals <= 1.5 * 30_000
