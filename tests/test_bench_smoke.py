@@ -208,6 +208,7 @@ def test_tempering_bench_ratios_and_goals():
     assert not s["error_goal_met"] and not s["ess_goal_met"]
 
 
+@pytest.mark.slow  # two JIT compilations: ~60 s on the loaded 2-core machine
 def test_tempering_bench_smc_adapter_spends_about_the_budget():
     pytest.importorskip("blackjax")  # in the bench venv only
     from bench.peers import blackjax_smc
