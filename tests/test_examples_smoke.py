@@ -26,8 +26,16 @@ def run_example(script: str, *args: str, timeout: float = 240) -> subprocess.Com
 
 
 def test_two_modes(tmp_path):
+    # The quick config's networks and data at an eighth of its pool and batches: the script's
+    # whole path (training both samplers, quadrature, tables, figures) at a smoke test's cost.
+    config = tmp_path / "tiny.toml"
+    config.write_text((ROOT / "examples/configs/two_modes_quick.toml").read_text()
+                      .replace("n_data = 16384", "n_data = 2048")
+                      .replace("pool_size = 1024", "pool_size = 128")
+                      .replace("batch_size = 256", "batch_size = 64")
+                      .replace("n_negatives = 256", "n_negatives = 64"))
     out = tmp_path / "two_modes"
-    run_example("two_modes.py", "--config", "examples/configs/two_modes_quick.toml",
+    run_example("two_modes.py", "--config", str(config),
                 "--samplers", "flowmc", "ula", "--alphas", "0.1", "--seeds", "0",
                 "--iterations", "50", "--jobs", "1", "--out", str(out))
     results = json.loads((out / "results.json").read_text())
