@@ -104,6 +104,7 @@ def bench_case(dim: int, n: int, rounds: int, flows: tuple[str, ...] = FLOWS,
     """Median seconds per call for every flow and call at one ``(dim, n)``, and ratios to
     RealNVP. Rounds stop early (at least 3) once ``budget_s`` seconds are spent."""
     device = torch.device(device)
+    load_before = _loadavg()
     data = torch.randn(n, dim, generator=torch.Generator().manual_seed(2)).to(device)
     calls = {name: _calls(build_flow(name, dim).to(device), data) for name in flows}
     # Warm-up (allocator, first-call overheads); it also sets how many calls make one timing.
@@ -126,7 +127,24 @@ def bench_case(dim: int, n: int, rounds: int, flows: tuple[str, ...] = FLOWS,
     if "realnvp" in flows:
         ratio = {name: {c: median[name][c] / median["realnvp"][c] for c in CALLS}
                  for name in flows if name != "realnvp"}
-    return {"dim": dim, "points": n, "rounds": done, "seconds": median, "ratio_to_realnvp": ratio}
+    # Ratios per round too (same round, same load), and their median and range.
+    per_round = {name: {c: sorted(a / b for a, b in zip(times[name][c], times["realnvp"][c],
+                                                         strict=True))
+                        for c in CALLS} for name in flows if name != "realnvp"
+                 } if "realnvp" in flows else {}
+    ratio_rounds = {name: {c: {"median": statistics.median(v), "min": v[0], "max": v[-1]}
+                           for c, v in rs.items()} for name, rs in per_round.items()}
+    return {"dim": dim, "points": n, "rounds": done, "seconds": median, "ratio_to_realnvp": ratio,
+            "ratio_per_round": ratio_rounds, "loadavg_before": load_before,
+            "loadavg_after": _loadavg()}
+
+
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (Linux), to read the timings against."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
 
 
 def flowmc_comparison(kind: str, dim: int = 32, chains: int = 64, warmup: int = 500,
@@ -214,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
             line = "  ".join(
                 f"{name} {c}={1e3 * case['seconds'][name][c]:.1f}ms"
                 for name in args.flows for c in CALLS)
-            print(f"d={dim} n={n} rounds={case['rounds']}: {line}", flush=True)
+            print(f"d={dim} n={n} rounds={case['rounds']} load {case['loadavg_before']} -> "
+                  f"{case['loadavg_after']}: {line}", flush=True)
             for name, ratios in case["ratio_to_realnvp"].items():
                 print(f"    {name}/realnvp: " + "  ".join(f"{c} {v:.2f}x" for c, v in ratios.items()),
                       flush=True)
