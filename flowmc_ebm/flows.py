@@ -10,7 +10,8 @@ A flow here is a zuko :class:`~zuko.lazy.Flow`: an ``nn.Module`` whose call ``fl
   default, so sampling costs ``D`` sequential passes; a proposal needs fast sampling *and* fast
   density evaluation, which coupling gives. For splines we use our own coupling flow
   (`flowmc_ebm.spline`): at d = 32 and 1024 points on CPU zuko's ``NSF(passes=2)`` costs
-  ~29x RealNVP per sample + log-density, ours ~2.6x (docs/results_flows.md);
+  ~30x RealNVP per sample + log-density, ours ~2-2.6x, and ~4x per training step
+  (docs/results_flows.md);
 - near-identity initialization, so the untrained flow *is* its base and early global moves are
   harmless.
 
