@@ -3,12 +3,12 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 export MPLBACKEND := Agg
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench lint docs clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,6 +35,11 @@ bench: $(STAMP) $(BENCH_STAMP)
 	.venv-bench/bin/python -m bench.sampling_peers --quick --out bench/results
 	$(PY) bench/ebflow_step.py --dims 64 256 784 --rounds 3 --out bench/results
 	$(PY) bench/training_cost.py --threads 1 --out bench/results
+
+# The site (tutorials, guides, results, API reference from the docstrings) in build/site, offline;
+# --strict: a warning (a docstring griffe cannot parse, a broken link) fails the build.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(PY) -m ruff check samplers flowmc_ebm tests bench examples
