@@ -60,10 +60,11 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
 from sklearn.neighbors import KernelDensity
 from sklearn.preprocessing import StandardScaler
+from torch import Tensor
 
 import samplers
 from flowmc_ebm.config import ModelConfig, TrainerConfig
-from flowmc_ebm.diagnostics import importance_mode_weights, mode_weights
+from flowmc_ebm.diagnostics import broad_reference, importance_mode_weights, mode_weights
 from flowmc_ebm.training import tilts
 from flowmc_ebm.training.joint import JointTrainer
 
@@ -245,6 +246,10 @@ def run_ebm(method: str, problem: Problem, seed: int, args: argparse.Namespace, 
     energy = ema.average if args.ema > 0 else trainer.energy
     final = (tilts.tilted_model(energy, trainer.tilt) if trainer.tilt is not None
              else trainer.method.tilt(energy, trainer.flow))
+    if args.save_model:
+        torch.save({"energy": energy, "tilt": tilts.tilt_state(trainer.tilt), "flow": trainer.flow,
+                    "pool": trainer.pool_.clone(), "method": method},
+                   out / "runs" / dataset / f"{tag}_seed{seed}.pt")
     result = evaluate_ebm(final, trainer, problem, seed, args)
     # A second estimator where a good proposal exists: importance sampling from the data-fitted
     # flow (the tilt, or NT-EBM's flow), defensive against mass that flow misses.
@@ -292,6 +297,72 @@ def evaluate_ebm(model, trainer: JointTrainer, problem: Problem, seed: int,
     return {"samples": {"weights": w.weights.tolist(), "se": w.se.tolist(),
                         "unplaced": read["unplaced"], "n": read["n"]},
             "eval_wall": wall, "grid": draws[:64, -1].double().numpy()}
+
+
+def study(path: Path, problem: Problem, seed: int, args: argparse.Namespace) -> dict:
+    """Several readings of the class weights of one saved EBM (``--save-model``), to tell which
+    reading converges: the standard one (``--eval-chains`` chains x ``--eval-steps`` flowMC cycles
+    from the pool), much longer flowMC chains from the pool and from the tilt, MALA alone,
+    ParallelTempering from the tilt (the mode-search default) and importance sampling with the tilt
+    as proposal, plain and defensive (a broad Gaussian reference on the data), with more draws.
+    Each reading: weights, MCSE, unplaced share, wall time. The long chains are also read per
+    quarter (after burn-in) to show drift."""
+    saved = torch.load(path, weights_only=False)
+    dim = problem.x.shape[1]
+    tilt = tilts.restore_tilt(saved["tilt"], dim)
+    final = tilts.tilted_model(saved["energy"], tilt)
+    log_prob, flow, pool = final.log_prob, saved["flow"], saved["pool"]
+    predict, k = problem.classifier.predict, problem.n_classes
+    g = torch.Generator().manual_seed(seed + 7)
+    out: dict = {}
+
+    def chains(name: str, kernel, x0: Tensor, steps: int, burn: int, thin: int) -> None:
+        start = time.perf_counter()
+        trace = samplers.sample(kernel, x0, steps, warmup=burn, thin=thin, progress=False,
+                                generator=g)
+        draws = trace.samples
+        w = mode_weights(draws, predict, n_modes=k, warn=False)
+        read = read_classes(problem, draws.reshape(-1, dim).double().numpy())
+        q = draws.shape[1] // 4
+        quarters = ([mode_weights(draws[:, i * q:(i + 1) * q], predict, n_modes=k,
+                                  warn=False).weights.tolist() for i in range(4)] if q >= 4 else [])
+        out[name] = {"weights": w.weights.tolist(), "se": w.se.tolist(), "quarters": quarters,
+                     "unplaced": read["unplaced"], "wall": time.perf_counter() - start,
+                     "draws": list(draws.shape[:2])}
+        print(f"  {name}: {np.round(w.weights, 3).tolist()} se {np.round(w.se, 3).tolist()} "
+              f"quarters {np.round(quarters, 3).tolist()} ({out[name]['wall']:.0f} s)", flush=True)
+
+    def flowmc() -> samplers.FlowMC:
+        return samplers.FlowMC(log_prob, flow, local=samplers.MALA(log_prob, args.step_size),
+                               n_local=4, n_global=1, n_particles=32, train=False)
+
+    n, long = args.eval_chains, args.study_steps
+    idx = torch.randint(0, pool.shape[0], (n,), generator=g)
+    chains("flowmc_pool_standard", flowmc(), pool[idx], args.eval_steps - args.eval_burn,
+           args.eval_burn, args.eval_thin)
+    chains("flowmc_pool_long", flowmc(), pool[idx], long, args.eval_burn, args.eval_thin * 5)
+    with torch.no_grad():
+        x_tilt = tilt.sample((n,)).float()
+    chains("flowmc_tilt_long", flowmc(), x_tilt, long, args.eval_burn, args.eval_thin * 5)
+    data = torch.as_tensor(problem.x, dtype=torch.float32)
+    x_data = data[torch.randint(0, len(data), (n,), generator=g)]
+    chains("mala_data_long", samplers.MALA(log_prob, args.step_size), x_data, long * 5,
+           args.eval_burn * 5, args.eval_thin * 25)
+    chains("pt_tilt", samplers.ParallelTempering(log_prob, tilt), x_tilt[: args.study_pt_chains],
+           args.study_pt_steps, args.study_pt_steps // 2, 2)
+    for name, defensive in (("is_tilt", None), ("is_tilt_defensive", 0.2)):
+        start = time.perf_counter()
+        kw = ({} if defensive is None else
+              {"reference": broad_reference(data.double()), "defensive": defensive})
+        iw = importance_mode_weights(log_prob, tilt, predict, n=args.study_is_draws, n_modes=k,
+                                     seed=seed, **kw)
+        out[name] = {"weights": iw.weights.tolist(), "se": iw.se.tolist(), "pareto_k": iw.pareto_k,
+                     "weights_ess": iw.weights_ess, "wall": time.perf_counter() - start,
+                     "reference_share": (None if iw.reference_share is None
+                                         else iw.reference_share.tolist())}
+        print(f"  {name}: {np.round(iw.weights, 3).tolist()} se {np.round(iw.se, 4).tolist()} "
+              f"k-hat {iw.pareto_k:.2f} ESS {iw.weights_ess:.0f}", flush=True)
+    return out
 
 
 def save_grid(pixels: np.ndarray, path: Path, title: str) -> None:
@@ -411,12 +482,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-burn", type=int, default=40)
     parser.add_argument("--eval-thin", type=int, default=4)
     parser.add_argument("--is-draws", type=int, default=20000)
+    parser.add_argument("--save-model", action="store_true",
+                        help="also write runs/<dataset>/<tag>_seed<s>.pt (the evaluated energy, "
+                             "tilt, flow and pool) for later readings (--study)")
     parser.add_argument("--out", type=Path, default=Path("out/real_data"))
     parser.add_argument("--tags", nargs="*", default=None,
                         help="only tabulate: the run files of these tags (e.g. flowmc-gmm-decay), "
                              "whatever seeds exist; nothing is run")
+    parser.add_argument("--study", default=None, metavar="TAG",
+                        help="read the saved models (--save-model) of this tag several ways "
+                             "(see `study`); writes runs/<dataset>/<tag>_seed<s>_study.json")
+    parser.add_argument("--study-steps", type=int, default=1000)
+    parser.add_argument("--study-pt-chains", type=int, default=32)
+    parser.add_argument("--study-pt-steps", type=int, default=400)
+    parser.add_argument("--study-is-draws", type=int, default=200_000)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.study is not None:
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                path = args.out / "runs" / dataset / f"{args.study}_seed{seed}.pt"
+                if not path.exists():
+                    continue
+                problem = load_problem(DATASETS[dataset], seed, args.copies, args.pca)
+                print(f"{dataset} {args.study} seed {seed} (truth "
+                      f"{np.round(problem.truth, 3).tolist()}):", flush=True)
+                res = study(path, problem, seed, args)
+                res.update(truth=problem.truth.tolist(), dataset=dataset, seed=seed)
+                path.with_name(path.stem + "_study.json").write_text(json.dumps(res) + "\n",
+                                                                      encoding="utf-8")
+        return 0
     results: dict[str, dict] = {}
     if args.tags is not None:
         for dataset in args.datasets:
