@@ -14,7 +14,8 @@ Methods, one after the other in this process, torch and JAX on one thread each:
 - ``MALA (ours)``: 256 chains, a quarter of its steps warm-up (step-size tuning).
 - ``FlowMC (ours)``: the suite's settings (RealNVP, 4 transforms, ``n_local=2``, ``flow_lr=1e-2``,
   i-SIR with 16 proposals), 128 chains, half of its cycles warm-up (flow training).
-- flowMC (JAX) has no parallel-tempering bundle in the installed 0.6 (`flowmc_pt_reason`).
+- flowMC (JAX): 0.6.4 has parallel-tempering bundles (``RQSpline_MALA_PT`` and others); they are
+  not run here yet (`flowmc_pt_reason` records what the installed flowMC has).
 
 Counting: every point at which the target is evaluated counts one, with or without gradient (a
 gradient comes from the same forward pass). On the torch side a wrapper counts the rows of every
