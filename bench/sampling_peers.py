@@ -38,7 +38,6 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 from bench.peers import flowmc_jax, numpyro_nuts, ours, torchebm_langevin
-from bench.peers.base import Problem, Run
+from bench.peers.base import Problem, Run, json_safe, versions
 from flowmc_ebm.diagnostics import mixing, mode_hopping, mode_weights
 from flowmc_ebm.targets import GaussianMixture, HighDimMixture, TwoModes
 
@@ -254,16 +253,6 @@ def targets_met(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def _fmt(x: Any, spec: str = ".3g") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -308,17 +297,6 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN and infinities as null/strings, so the file is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results", help="folder for the JSON and tables")
@@ -351,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"benchmark": "sampling_peers", "mode": mode.name,
               "command": " ".join([os.path.relpath(sys.executable), "-m", "bench.sampling_peers",
                                    *(argv if argv is not None else sys.argv[1:])]),
-              "python_executable": sys.executable, "versions": versions(),
+              "python_executable": sys.executable, "versions": versions(PACKAGES),
               "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
               "cpus": os.cpu_count(),
               # Other people's jobs share the machine: the 1-minute load average, before and after.
@@ -360,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "summary_over_seeds": summary(results), "problems": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"sampling_peers_{mode.name}.json").write_text(json.dumps(_json_safe(report), indent=1))
+    (out / f"sampling_peers_{mode.name}.json").write_text(json.dumps(json_safe(report), indent=1))
     (out / f"sampling_peers_{mode.name}.md").write_text(markdown(results))
     print(f"done in {report['total_s']:.0f} s; wrote {out}/sampling_peers_{mode.name}.json")
     return report

@@ -47,7 +47,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import sys
 import time
 import traceback
@@ -62,7 +61,7 @@ import zuko
 
 import samplers
 from bench.peers import blackjax_smc
-from bench.peers.base import Run
+from bench.peers.base import Run, json_safe, versions
 from flowmc_ebm.diagnostics import mode_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,28 +312,6 @@ def _ess_goal(row: dict[str, Any]) -> str:
     return "met" if row["ess_goal_met"] else "NOT met"
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return _json_safe(x.item())
-    return x
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def merge(paths: list[str], out: Path) -> dict[str, Any]:
     """One report from several: runs concatenated, summary recomputed (NaN came back as null)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
@@ -349,7 +326,7 @@ def merge(paths: list[str], out: Path) -> dict[str, Any]:
               "total_s": [p["total_s"] for p in parts], "summary": table, "runs": runs,
               "merged_from": paths}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tempering_peers.json").write_text(json.dumps(_json_safe(report), indent=1))
+    (out / "tempering_peers.json").write_text(json.dumps(json_safe(report), indent=1))
     (out / "tempering_peers.md").write_text(markdown(table))
     print(markdown(table))
     return report
@@ -387,13 +364,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"benchmark": "tempering_peers",
               "command": " ".join([os.path.relpath(sys.executable), "-m", "bench.tempering_peers",
                                    *(argv if argv is not None else sys.argv[1:])]),
-              "versions": versions(), "flowmc_pt": flowmc_pt_reason(),
+              "versions": versions(PACKAGES), "flowmc_pt": flowmc_pt_reason(),
               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "load_average": [load[0], os.getloadavg()[0]],
               "total_s": time.perf_counter() - start, "summary": table, "runs": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(_json_safe(report), indent=1))
+    (out / f"{name}.json").write_text(json.dumps(json_safe(report), indent=1))
     (out / f"{name}.md").write_text(markdown(table))
     print(markdown(table))
     print(f"done in {report['total_s']:.0f} s; wrote {out}/{name}.json")

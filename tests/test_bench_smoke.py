@@ -97,7 +97,7 @@ def test_report_has_ratios_skips_and_failures(problem, runs):
     again = run_problem(dataclasses.replace(problem, seed=1), methods, log=lambda line: None)
     means = sampling_peers.targets_met([result, again])[problem.name]["mean over seeds"]
     assert means["error_5x_smaller_than_MALA (ours)"]["ratio"] > 0
-    json.dumps(sampling_peers._json_safe(result), allow_nan=False)
+    json.dumps(sampling_peers.json_safe(result), allow_nan=False)
     assert "| absent | skipped: not importable: absent |" in sampling_peers.markdown([result])
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -65,3 +69,27 @@ class Run:
     sample_s: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def json_safe(x: Any) -> Any:
+    """NaN and infinities as null/strings and numpy scalars as Python ones: strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return json_safe(x.item())
+    return x
+
+
+def versions(packages: Iterable[str]) -> dict[str, str]:
+    """Python's version and each package's installed version ("not installed" when absent)."""
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
