@@ -127,3 +127,22 @@ def test_a_decay_without_a_length_runs_over_the_whole_run(tmp_path):
     assert trainer.config.lr_decay_iterations == 10
     # The last step ran at the rate of iteration 9 of 10: 0.01 x (0.1 + 0.9 x 1/10).
     assert trainer.opt_energy.param_groups[0]["lr"] == pytest.approx(0.01 * 0.19, rel=1e-12)
+
+
+def test_a_method_registered_at_runtime_is_a_sampler_choice(tmp_path, capsys):
+    import samplers
+    from flowmc_ebm.training.methods import METHODS, Method, register
+
+    def parse(*flags):
+        return cli.build_parser().parse_args(["train", "--out", str(tmp_path), *flags])
+
+    with pytest.raises(SystemExit):
+        parse("--sampler", "hmc-cli")
+    assert "invalid choice: 'hmc-cli'" in capsys.readouterr().err
+    register(Method("hmc-cli", lambda log_prob, flow, c: samplers.HMC(log_prob, c.step_size)))
+    try:
+        assert parse("--sampler", "hmc-cli").sampler == "hmc-cli"  # read when the parser is built
+    finally:
+        del METHODS["hmc-cli"]
+    with pytest.raises(SystemExit):
+        parse("--sampler", "hmc-cli")

@@ -40,7 +40,7 @@ import torch
 
 from flowmc_ebm.checkpoint import LATEST, latest_checkpoint, list_checkpoints, point_latest
 from flowmc_ebm.commands import make_output_directory
-from flowmc_ebm.config import SAMPLERS, TARGETS, RunConfig, load_config, parse_overrides
+from flowmc_ebm.config import TARGETS, RunConfig, load_config, parse_overrides, sampler_names
 from flowmc_ebm.evaluation import (
     ChainSnapshots,
     landscape_figure,
@@ -61,7 +61,10 @@ CHECKPOINT = Path("checkpoints") / LATEST
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a TOML RunConfig; flags below override it")
     parser.add_argument("--target", choices=TARGETS, help="target (config key: target)")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="sampler (config key: sampler)")
+    # The method registry as it is when the parser is built: a method registered before
+    # (flowmc_ebm.training.register) is a choice too.
+    parser.add_argument("--sampler", choices=sampler_names(),
+                        help="sampler (config key: sampler)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="passes over the data (config key: epochs)")
     length.add_argument("--iterations", type=int, help="EBM steps (config key: iterations)")
