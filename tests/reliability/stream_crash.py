@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 import samplers  # noqa: E402
 from samplers import rundir  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _faults import count_writes, kill_in_write  # noqa: E402
+
 D, CHAINS = 4, 32
 # MALA: 150 draws in 10 chunks; FlowMC (its flow calls are slower): 24 draws in 6 chunks.
 SETTINGS = {"mala": dict(n_steps=300, warmup=30, thin=2, chunk_size=15),
@@ -72,13 +75,8 @@ def check(out: Path, reference, committed_before: int) -> int:
 
 def campaign(name: str, kills: int, seed: int, workdir: Path) -> dict:
     torch.set_num_threads(1)
-    writes = [0]
-
-    def count(point, path):
-        writes[0] += point == "open"
-
     make(name)  # imports (zuko) before the clock starts: the children inherit them
-    rundir.set_fault_hook(count)
+    writes = count_writes()
     t0 = time.perf_counter()
     reference = run(name, workdir / f"reference-{name}").load()
     t1 = time.perf_counter()
@@ -127,15 +125,7 @@ def _attempt(name: str, out: Path, kind: str, delay: float, point: str, kth: int
     if pid == 0:
         try:
             if kind == "in a write":
-                calls = [0]
-
-                def hook(p, path):
-                    if p == point:
-                        calls[0] += 1
-                        if calls[0] == kth:
-                            os.kill(os.getpid(), signal.SIGKILL)
-
-                rundir.set_fault_hook(hook)
+                kill_in_write(point, kth)
             run(name, out)
         except BaseException as err:  # noqa: BLE001 - reported through the exit status
             print(f"child failed: {type(err).__name__}: {err}", file=sys.stderr)

@@ -38,6 +38,9 @@ from flowmc_ebm import cli  # noqa: E402
 from flowmc_ebm.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
 from samplers import rundir  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _faults import count_writes, kill_in_write  # noqa: E402
+
 #: Fields of summary.json / history.json that differ between an interrupted and an
 #: uninterrupted run by nature: wall-clock times, and the count of resumptions.
 WALL_CLOCK = {"summary": ("wall_time", "wall_time_process", "resumptions"),
@@ -140,14 +143,9 @@ def campaign(kills: int, seed: int, workdir: Path, iterations: int = 96,
     os.environ["CI"] = "1"  # no progress bars
     config = workdir / "run.toml"
     config.write_text(CONFIG.format(iterations=iterations))
-    writes = [0]
-
-    def count(point, path):
-        writes[0] += point == "open"
-
     reference = workdir / "reference"
     log = workdir / "runs.log"
-    rundir.set_fault_hook(count)
+    writes = count_writes()
     t0 = time.perf_counter()
     status = _attempt(_argv(config, reference), log, "none", 0.0, "open", 0, in_process=True)
     summary = json.loads((reference / "summary.json").read_text())
@@ -219,15 +217,7 @@ def _attempt(argv: list[str], log: Path, kind: str, delay: float, point: str, kt
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             if kind == "in a write":
-                calls = [0]
-
-                def hook(p, path):
-                    if p == point:
-                        calls[0] += 1
-                        if calls[0] == kth:
-                            os.kill(os.getpid(), signal.SIGKILL)
-
-                rundir.set_fault_hook(hook)
+                kill_in_write(point, kth)
             code = cli.main(argv)
         except BaseException:  # noqa: BLE001 - reported through the exit status and the log
             import traceback
