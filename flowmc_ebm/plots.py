@@ -250,9 +250,12 @@ def plot_mode_weights(estimates: ModeWeights | Mapping[str, ModeWeights], true_w
         slot += 1
     top = max([float(np.max(e.upper)) for e in estimates.values()]
               + ([float(np.max(truth))] if truth is not None else []))
+    # Headroom for the value labels above the tallest bar; the legend goes below the axes, where
+    # it cannot cover a bar or a label whatever the weights are.
     ax.set(xticks=modes, xticklabels=names, ylabel="weight (share of the mass)",
-           ylim=(0, min(1.0, top * 1.18) if top > 0 else 1.0), title="Mode weights")
-    ax.legend(fontsize="small", loc="upper left")
+           ylim=(0, min(1.0, top * 1.12) + 0.04 if top > 0 else 1.0), title="Mode weights")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize="small",
+               ncols=min(groups, 3), frameon=False)
     return fig
 
 
