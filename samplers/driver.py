@@ -13,11 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _compile
 from ._checks import check_generator, check_positions, check_positive_int
 from .base import Info, Kernel, State
 from .trace import StreamedTrace, Trace, TraceWriter, open_trace
 
 DEFAULT_CHUNK_SIZE = 1000
+PROGRESS_EVERY = 50  # steps between progress-bar updates
+# compile="auto" on CPU: batches this large (chains x event size), runs this long (see docs/performance.md)
+AUTO_COMPILE_SIZE = 65536
+AUTO_COMPILE_STEPS = 2000
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -29,27 +34,69 @@ def _progress(total: int, enabled: bool, desc: str):
 
 class _Draws:
     """Preallocated device buffers for ``size`` draws (positions, log-densities, stats), allocated
-    once and overwritten in place, so a run allocates nothing per step."""
+    once and overwritten in place, so a run allocates nothing per step.
+
+    Draws are staged a few at a time and written with one ``torch.stack(out=...)`` per buffer, so
+    a kept step costs a list append, not one copy kernel per statistic (on small batches each
+    launch costs as much as the arithmetic). A statistic that is the same tensor at every staged
+    step (a frozen step size) is written with one broadcast copy. The stage holds at most
+    `STAGE_BYTES` of draws (and at most `STAGE_STEPS` steps); a larger step is written at once."""
+
+    STAGE_STEPS = 64
+    STAGE_BYTES = 8 << 20
 
     def __init__(self, size: int, x0: Tensor):
         self.size = size
         self.samples = x0.new_empty((size, *x0.shape))
         self.log_prob = x0.new_empty((size, x0.shape[0]))
         self.stats: dict[str, Tensor] = {}
+        per_step = (x0.numel() + 8 * x0.shape[0]) * x0.element_size()
+        self.stage_steps = max(1, min(self.STAGE_STEPS, self.STAGE_BYTES // per_step))
+        self._start = 0
+        self._x: list[Tensor] = []
+        self._lp: list[Tensor] = []
+        self._stats: list[dict[str, Tensor]] = []
 
     def put(self, row: int, state: State, info: Info) -> None:
-        self.samples[row] = state.x
-        self.log_prob[row] = state.log_prob
-        for name, value in info.stats().items():
+        """Stage draw ``row`` (rows come in order: 0, 1, ... within a buffer)."""
+        if not self._x:
+            self._start = row
+        self._x.append(state.x)
+        self._lp.append(state.log_prob)
+        self._stats.append(info.stats())
+        if len(self._x) >= self.stage_steps or row + 1 == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self._x)
+        if not n:
+            return
+        rows = slice(self._start, self._start + n)
+        _write(self.samples[rows], self._x)
+        _write(self.log_prob[rows], self._lp)
+        for name, value in self._stats[0].items():
             if name not in self.stats:
                 self.stats[name] = value.new_empty((self.size, *value.shape))
-            self.stats[name][row] = value
+            _write(self.stats[name][rows], [s[name] for s in self._stats])
+        self._x, self._lp, self._stats = [], [], []
 
     def trace(self, rows: int, **meta) -> Trace:
         """The first ``rows`` draws as a CPU `Trace` in ``(chains, draws, ...)`` order (one copy)."""
+        self.flush()
         return Trace(self.samples[:rows].transpose(0, 1).cpu(),
                      self.log_prob[:rows].transpose(0, 1).cpu(),
                      {k: v[:rows].transpose(0, 1).cpu() for k, v in self.stats.items()}, **meta)
+
+
+def _write(out: Tensor, values: list[Tensor]) -> None:
+    """``out[i] = values[i]`` in one kernel (one broadcast copy if every value is one tensor)."""
+    first = values[0]
+    if len(values) == 1:
+        out[0] = first
+    elif all(v is first for v in values):
+        out.copy_(first.expand(out.shape))
+    else:
+        torch.stack(values, out=out)
 
 
 class SamplingInterrupted(KeyboardInterrupt):
@@ -111,7 +158,7 @@ def _set_rng_state(generator: torch.Generator | None, device: torch.device,
 def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int = 1,
            progress: bool = True, generator: torch.Generator | None = None,
            out: str | os.PathLike | None = None, chunk_size: int | None = None,
-           resume: bool = False) -> Trace | StreamedTrace:
+           resume: bool = False, compile: bool | str = False) -> Trace | StreamedTrace:
     """Run ``warmup`` tuning steps, then ``n_steps`` steps keeping every ``thin``-th state.
 
     Everything stays on ``x0``'s device: draws and stats are written into preallocated buffers
@@ -147,6 +194,15 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
         out: a new or empty directory to stream the draws into; ``None`` keeps them in memory.
         chunk_size: draws (after thinning) per chunk file when streaming; default 1000.
         resume: with ``out``, continue the run it holds.
+        compile: ``True`` runs the kernel's step through `torch.compile` (its random draws
+            stay eager, from ``generator``, so the chain is the eager chain to float rounding):
+            MALA, HMC and ULA, and FlowMC's local steps (its flow move stays eager). Where the
+            compiler is missing or cannot compile ``log_prob`` as one graph, a warning says so
+            once and the step runs eagerly. The first step of each new shape compiles (seconds to
+            a minute on a CPU), which ``wall_time`` includes when it falls in production.
+            ``"auto"`` compiles where it was measured to pay (see docs/performance.md):
+            on CUDA, and on CPU when ``chains * dim >= 65536`` and the run is at least 2000
+            steps; elsewhere it runs eagerly. Default ``False``.
 
     Returns:
         a `Trace` with ``n_steps // thin`` draws; with ``out``, a `StreamedTrace` reading them from
@@ -190,6 +246,29 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
         raise ValueError("resume=True continues a streamed run; pass out=<its directory>")
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a directory path (str or os.PathLike); got {type(out).__name__}")
+    on = _compile_choice(compile, kernel, x0, warmup + n_steps)
+    with _compile.compiling(kernel, on):
+        return _sample(kernel, x0, n_steps, warmup, thin, progress, generator, out, chunk_size,
+                       resume)
+
+
+def _compile_choice(compile: bool | str, kernel: Kernel, x0: Tensor, steps: int) -> bool:
+    """Whether to take the compiled path: ``compile`` as given, or "auto"'s rule."""
+    if compile == "auto":
+        big = x0.shape[0] * x0[0].numel() >= AUTO_COMPILE_SIZE and steps >= AUTO_COMPILE_STEPS
+        return bool(_compile.compiled_kernels(kernel)) and (x0.device.type == "cuda" or big)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True, False or 'auto'; got {compile!r}")
+    if compile and not _compile.compiled_kernels(kernel):
+        _compile.warn_once((type(kernel).__name__, "no-path"),
+                           f"compile=True: {type(kernel).__name__} has no compiled step path "
+                           "(MALA, HMC, ULA and FlowMC's local steps have one); running eagerly")
+    return compile
+
+
+def _sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int, thin: int, progress: bool,
+            generator: torch.Generator | None, out: str | os.PathLike | None,
+            chunk_size: int | None, resume: bool) -> Trace | StreamedTrace:
     n_draws = n_steps // thin
     if out is None:
         return _run(kernel, x0, n_draws, warmup, thin, progress, generator, None, n_draws)
@@ -247,12 +326,14 @@ def _run(kernel: Kernel, x0: Tensor, n_draws: int, warmup: int, thin: int, progr
             for t in range(warm_done, warmup):
                 state, info = kernel.step(state, generator)
                 wstate, state = kernel.warmup_update(wstate, state, info, generator)
-                bar.update()
+                if (t + 1) % PROGRESS_EVERY == 0:
+                    bar.update(t + 1 - bar.n)
                 if writer is not None and t + 1 < warmup and ((t + 1) % every == 0
                                                                or stop.signum is not None):
                     writer.commit(checkpoint(t + 1, 0, 0.0, wstate))
                     if stop.signum is not None:
                         raise SamplingInterrupted(stop.signum, writer.path)
+            bar.update(warmup - bar.n)
             state = kernel.warmup_final(wstate, state)
             if writer is not None:
                 writer.commit(checkpoint(warmup, 0, 0.0))
@@ -261,7 +342,8 @@ def _run(kernel: Kernel, x0: Tensor, n_draws: int, warmup: int, thin: int, progr
         start = time.perf_counter()
         for i in range(draws_done * thin, n_draws * thin):
             state, info = kernel.step(state, generator)
-            bar.update()
+            if (i + 1) % PROGRESS_EVERY == 0:
+                bar.update(warmup + i + 1 - bar.n)
             if (i + 1) % thin:
                 continue
             d = i // thin
@@ -275,6 +357,7 @@ def _run(kernel: Kernel, x0: Tensor, n_draws: int, warmup: int, thin: int, progr
     if x0.device.type == "cuda":
         torch.cuda.synchronize(x0.device)
     wall = wall_before + time.perf_counter() - start
+    bar.update(bar.total - bar.n)
     bar.close()
     if writer is not None:
         run = writer.close(wall)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _compile
 from ._checks import (
     check_log_prob_fn,
     check_positive_int,
@@ -14,7 +15,7 @@ from ._checks import (
 )
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
-from .proposal import event_view, mh_accept, select
+from .proposal import event_view, mh_decide
 
 
 class HMC(StepSizeTuned):
@@ -51,11 +52,24 @@ class HMC(StepSizeTuned):
     def init(self, x: Tensor) -> State:
         return initial_state(self.log_prob, x, self.step_size)
 
+    _compiled_path = True
+
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
-        eps = event_view(state.step_size, state.x)
-        p0 = torch.randn(state.x.shape, generator=generator, device=state.x.device,
-                         dtype=state.x.dtype)
-        x, g = state.x, state.grad
+        x = state.x
+        # The draws first (momenta, then the MH uniforms), shared by the eager and compiled step.
+        p0 = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = torch.rand(x.shape[:1], generator=generator, device=x.device, dtype=x.dtype)
+        advance = _compile.core(self, "advance", self._advance)
+        x, lp, g, accept_prob, accepted, invalid = advance(x, state.log_prob, state.grad,
+                                                          state.step_size, p0, u)
+        h = state.step_size
+        return State(x, lp, g, h), Info(accept_prob, accepted, h, invalid)
+
+    def _advance(self, x0: Tensor, lp0: Tensor, g0: Tensor, step_size: Tensor, p0: Tensor,
+                 u: Tensor) -> tuple[Tensor, ...]:
+        """The trajectory and MH decision as a pure tensor function (what is compiled)."""
+        eps = event_view(step_size, x0)
+        x, g = x0, g0
         p = p0 + 0.5 * eps * g
         for i in range(self.n_leapfrog):
             x = x + eps * p
@@ -65,10 +79,11 @@ class HMC(StepSizeTuned):
         p = p + 0.5 * eps * g
         kinetic0 = 0.5 * p0.flatten(1).square().sum(1)
         kinetic1 = 0.5 * p.flatten(1).square().sum(1)
-        log_ratio = lp - kinetic1 - state.log_prob + kinetic0
-        accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
-        new = select(accepted, State(x, lp, g, state.step_size), state)
-        return new, Info(accept_prob, accepted, state.step_size, invalid)
+        log_ratio = lp - kinetic1 - lp0 + kinetic0
+        accepted, accept_prob, invalid = mh_decide(log_ratio, u)
+        a = event_view(accepted, x0)
+        return (torch.where(a, x, x0), torch.where(accepted, lp, lp0), torch.where(a, g, g0),
+                accept_prob, accepted, invalid)
 
     def __repr__(self) -> str:
         return f"HMC(step_size={self.step_size}, n_leapfrog={self.n_leapfrog})"

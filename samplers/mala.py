@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _compile
 from ._checks import (
     check_log_prob_fn,
     check_step_size,
@@ -13,8 +14,7 @@ from ._checks import (
 )
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
-from .diffusions import langevin_log_density, langevin_proposal
-from .proposal import mh_accept, select
+from .proposal import event_view, mh_decide
 
 
 class MALA(StepSizeTuned):
@@ -49,14 +49,36 @@ class MALA(StepSizeTuned):
     def init(self, x: Tensor) -> State:
         return initial_state(self.log_prob, x, self.step_size)
 
+    _compiled_path = True
+
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        x = state.x
+        # The draws first, in this order (the Langevin noise, then the MH uniforms), so the eager
+        # and the compiled step (`samplers.sample(compile=True)`) make the same ones.
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = torch.rand(x.shape[:1], generator=generator, device=x.device, dtype=x.dtype)
+        advance = _compile.core(self, "advance", self._advance)
+        x, lp, g, accept_prob, accepted, invalid = advance(x, state.log_prob, state.grad,
+                                                          state.step_size, noise, u)
         h = state.step_size
-        y = langevin_proposal(state.x, state.grad, h, generator)
-        lp, g = evaluate(self.log_prob, y, grad=True)
-        log_ratio = (lp - state.log_prob + langevin_log_density(state.x, y, g, h)
-                     - langevin_log_density(y, state.x, state.grad, h))
-        accepted, accept_prob, invalid = mh_accept(log_ratio, generator)
-        return select(accepted, State(y, lp, g, h), state), Info(accept_prob, accepted, h, invalid)
+        return State(x, lp, g, h), Info(accept_prob, accepted, h, invalid)
+
+    def _advance(self, x: Tensor, lp: Tensor, g: Tensor, h: Tensor, noise: Tensor,
+                 u: Tensor) -> tuple[Tensor, ...]:
+        """The step as a pure tensor function of the state and its draws (what is compiled)."""
+        he = event_view(h, x)
+        y = torch.addcmul(torch.addcmul(x, he, g), (2 * he).sqrt(), noise)
+        lp_y, g_y = evaluate(self.log_prob, y, grad=True)
+        # log q(x | y) - log q(y | x), q(y | x) = N(x + h g(x), 2h): the forward residual
+        # y - x - h g(x) is sqrt(2h) noise, so log q(y | x) = -|noise|^2 / 2 (+ a constant that
+        # cancels); the backward residual is computed.
+        back = (x - torch.addcmul(y, he, g_y)).flatten(1)
+        log_ratio = (lp_y - lp + 0.5 * noise.flatten(1).square().sum(1)
+                     - back.square().sum(1) / (4 * h))
+        accepted, accept_prob, invalid = mh_decide(log_ratio, u)
+        a = event_view(accepted, x)
+        return (torch.where(a, y, x), torch.where(accepted, lp_y, lp), torch.where(a, g_y, g),
+                accept_prob, accepted, invalid)
 
     def __repr__(self) -> str:
         return f"MALA(step_size={self.step_size}, target_accept={self.adaptation.target_accept})"

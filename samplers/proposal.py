@@ -39,10 +39,16 @@ def mh_accept(log_ratio: Tensor, generator: torch.Generator | None = None
         ``(accepted, accept_prob, invalid)``, each ``(n,)``; ``invalid`` is int32 (0 or 1), the
         count `Info.invalid` carries.
     """
-    valid = log_ratio.abs() < torch.inf  # False for NaN and ±inf; half the ops of isfinite
-    accept_prob = torch.where(valid, log_ratio.clamp(max=0.0).exp(), 0.0)
     u = torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device,
                    dtype=log_ratio.dtype)
+    return mh_decide(log_ratio, u)
+
+
+def mh_decide(log_ratio: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`mh_accept` with its uniforms ``u`` ``(n,)`` drawn by the caller: a pure tensor function
+    (no RNG, no host sync), which a compiled step runs inside its graph."""
+    valid = log_ratio.abs() < torch.inf  # False for NaN and ±inf; half the ops of isfinite
+    accept_prob = torch.where(valid, log_ratio.clamp(max=0.0).exp(), 0.0)
     return u < accept_prob, accept_prob, (~valid).to(torch.int32)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _compile
 from ._checks import (
     check_log_prob_fn,
     check_step_size,
@@ -12,7 +13,6 @@ from ._checks import (
     initial_state,
 )
 from .base import Info, Kernel, LogProb, State
-from .diffusions import langevin_proposal
 from .proposal import event_view, finite_rows
 
 
@@ -43,15 +43,25 @@ class ULA(Kernel):
     def init(self, x: Tensor) -> State:
         return initial_state(self.log_prob, x, self.step_size)
 
+    _compiled_path = True
+
     def step(self, state: State, generator: torch.Generator | None = None) -> tuple[State, Info]:
-        y = langevin_proposal(state.x, state.grad, state.step_size, generator)
-        lp, g = evaluate(self.log_prob, y, grad=True)
-        valid = torch.isfinite(lp) & finite_rows(g)
+        x = state.x
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        advance = _compile.core(self, "advance", self._advance)
+        x, lp, g, valid = advance(x, state.log_prob, state.grad, state.step_size, noise)
+        h = state.step_size
+        return State(x, lp, g, h), Info(valid.to(lp.dtype), valid, h, (~valid).to(torch.int32))
+
+    def _advance(self, x: Tensor, lp: Tensor, g: Tensor, h: Tensor,
+                 noise: Tensor) -> tuple[Tensor, ...]:
+        """The move as a pure tensor function of the state and its noise (what is compiled)."""
+        he = event_view(h, x)
+        y = torch.addcmul(torch.addcmul(x, he, g), (2 * he).sqrt(), noise)
+        lp_y, g_y = evaluate(self.log_prob, y, grad=True)
+        valid = (lp_y.abs() < torch.inf) & finite_rows(g_y)
         v = event_view(valid, y)
-        new = state.replace(x=torch.where(v, y, state.x), log_prob=torch.where(valid, lp, state.log_prob),
-                            grad=torch.where(v, g, state.grad))
-        info = Info(valid.to(lp.dtype), valid, state.step_size, (~valid).to(torch.int32))
-        return new, info
+        return torch.where(v, y, x), torch.where(valid, lp_y, lp), torch.where(v, g_y, g), valid
 
     def __repr__(self) -> str:
         return f"ULA(step_size={self.step_size})"
