@@ -2,7 +2,9 @@
 `JointTrainer.fit` data-parallel (gloo); rank 0 writes what it measured as JSON. Not a test
 module itself.
 
-    distributed_train_worker.py checks OUT.json CKDIR     one step + a 50-iteration run
+    distributed_train_worker.py checks OUT.json CKDIR P1 P2   `flowmc-ebm train` (into
+                                                          CKDIR/../cli, then failing), one step
+                                                          + a 50-iteration run
     distributed_train_worker.py kill OUT.json CKDIR K     50 iterations, rank 1 dies at K
                                                           (resumes from CKDIR if it holds a run)
 """
@@ -12,10 +14,12 @@ import json
 import os
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from flowmc_ebm import cli
 from flowmc_ebm.checkpoint import latest_checkpoint, list_checkpoints
 from flowmc_ebm.config import TrainerConfig
 from flowmc_ebm.energies import MLPEnergy
@@ -25,6 +29,13 @@ from flowmc_ebm.trainer import JointTrainer
 from flowmc_ebm.training import parallel
 
 ITERATIONS = 50
+
+#: `flowmc-ebm train` as the CLI test runs it under torchrun (a tiny flowMC-EBM run).
+CLI_TRAIN = ["train", "--target", "two_modes", "--sampler", "flowmc", "--iterations", "10",
+             "--set", "trainer.pool_size=16", "--set", "trainer.batch_size=8",
+             "--set", "trainer.n_negatives=8", "--set", "trainer.log_every=5",
+             "--set", "trainer.eval_every=0", "--set", "model.energy_hidden=[16]",
+             "--set", "model.flow_hidden=[8]", "--set", "n_data=64", "--no-progress"]
 
 
 def make_trainer(**knobs):
@@ -117,10 +128,36 @@ def long_run(result, directory, kill_at=None):
         result["config_pool_size"] = trainer.config.pool_size
 
 
+def new_rendezvous(port):
+    """A fresh rendezvous for the next ``env://`` group of this launch, rank 0 hosting its store
+    at ``port``: torchrun's own store serves one default group per process."""
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "False"
+    os.environ["MASTER_PORT"] = str(port)
+
+
+def train_command(out, port):
+    """`flowmc-ebm train` run by torchrun's processes before any group exists (the command makes
+    and destroys its own): once into ``out``, once into a path rank 0 cannot make a directory
+    of (a file), which only rank 0 finds out."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    code = cli.main([*CLI_TRAIN, "--out", out])
+    after = dist.is_initialized()
+    blocked = Path(out).parent / "a-file"
+    blocked.touch()
+    new_rendezvous(port)
+    failed = cli.main([*CLI_TRAIN, "--out", str(blocked)])
+    return {"cli_code": code, "cli_group_left": after, "cli_failed_code": failed,
+            "cli_failed_group_left": dist.is_initialized()}
+
+
 def main(mode, out, directory, *rest):
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
-    result = {"world": dist.get_world_size()}
+    command = {}
+    if mode == "checks":
+        command = train_command(str(Path(directory).parent / "cli"), rest[0])
+        new_rendezvous(rest[1])
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    result = {"world": dist.get_world_size(), "cli": gather(command)}
     if mode == "checks":
         one_step(result)
         long_run(result, directory)

@@ -1,9 +1,10 @@
-"""`JointTrainer.fit` data-parallel over 2 gloo processes started by torchrun
-(flowmc_ebm.training.parallel): one launch runs the one-step check and a 50-iteration run that
-the checks below compare with a single-process emulation."""
+"""`JointTrainer.fit` and `flowmc-ebm train` data-parallel over 2 gloo processes started by
+torchrun (flowmc_ebm.training.parallel): one launch runs the command (twice), the one-step check
+and a 50-iteration run that the checks below compare with single-process emulations."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -14,10 +15,18 @@ import torch
 import torch.distributed as dist
 
 from flowmc_ebm.checkpoint import latest_checkpoint
+from flowmc_ebm.commands.train import make_data as target_draws
+from flowmc_ebm.config import RunConfig
 from flowmc_ebm.objectives.contrastive import contrastive_loss, flow_nll
+from flowmc_ebm.trainer import JointTrainer
 from flowmc_ebm.training import parallel
 from samplers.distributed import rank_generator, shard_bounds
-from tests.distributed_train_worker import ITERATIONS, make_data, make_trainer, params
+from tests.distributed_train_worker import (
+    ITERATIONS,
+    make_data,
+    make_trainer,
+    params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_train_worker.py"
@@ -30,21 +39,38 @@ def torchrun(*args, nproc=2, timeout=240):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+def free_ports(n):
+    """``n`` TCP ports free now (for the worker's second and third process groups)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [str(s.getsockname()[1]) for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist_train")
-    run = torchrun("checks", str(tmp / "result.json"), str(tmp / "checkpoints"))
+    run = torchrun("checks", str(tmp / "result.json"), str(tmp / "checkpoints"), *free_ports(2))
     assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads((tmp / "result.json").read_text()), tmp / "checkpoints"
+    result = json.loads((tmp / "result.json").read_text())
+    result["stdout"], result["stderr"] = run.stdout, run.stderr
+    return result, tmp / "checkpoints"
 
 
 def emulate(world=2, iterations=ITERATIONS):
+    """`emulate_trainer` on the worker's trainer and data."""
+    return emulate_trainer(make_trainer(), make_data(), world, iterations)
+
+
+def emulate_trainer(t, data, world, iterations):
     """What `world` ranks must compute, in this one process: each rank's block of the pool and
     of each batch, advanced with that rank's generator; one step on the concatenated batch and
-    negatives."""
-    t = make_trainer()
+    negatives. Returns the parameters and the pool (float64) and the energy losses."""
     c = t.config
-    data = make_data().to(t.device)
+    data = data.to(t.device, next(t.energy.parameters()).dtype)
     gens = [rank_generator(torch.Generator().manual_seed(c.seed), r) for r in range(world)]
     p, m = c.pool_size // world, c.n_negatives // world
     pools = [t._draw_base(p, g) for g in gens]
@@ -59,7 +85,7 @@ def emulate(world=2, iterations=ITERATIONS):
         for r in range(world):
             idx = torch.randperm(p, generator=gens[r])[:m] if m < p else slice(None)
             state = t.kernel.init(pools[r][idx])
-            for _ in range(c.flowmc_cycles()):
+            for _ in range(t.method.steps(c)):
                 state, _ = t.kernel.step(state, gens[r])
             pools[r][idx] = state.x.detach()
             negatives.append(state.x.detach())
@@ -74,7 +100,7 @@ def emulate(world=2, iterations=ITERATIONS):
         nll_neg.backward()
         t.opt_flow.step()
         losses.append(float(terms.loss.detach()))
-    return params(t), torch.cat(pools), losses
+    return params(t).double(), torch.cat(pools).double(), losses
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +178,39 @@ def _attach_as(trainer, world):
 def load(directory):
     fresh = make_trainer()
     return parallel.load(latest_checkpoint(directory), energy=fresh.energy, flow=fresh.flow)
+
+
+def test_the_train_command_under_torchrun_trains_data_parallel_and_rank0_writes(two_ranks):
+    r, directory = two_ranks
+    out = directory.parent / "cli"
+    assert [c["cli_code"] for c in r["cli"]] == [0, 0]
+    assert not any(c["cli_group_left"] for c in r["cli"])  # the command destroyed its group
+    for name in ["config.json", "history.json", "summary.json", "landscape.png"]:
+        assert (out / name).is_file(), name
+    assert r["stdout"].count(f"10 iterations -> {out}\n") == 1  # rank 0 alone prints
+    assert r["stdout"].count("flowmc-EBM: weight") == 1
+    saved = parallel.load(latest_checkpoint(out / "checkpoints"))
+    assert saved.iteration_ == 10 and saved._parallel_state["world"] == 2
+    # The whole pool, and the parameters, of a single-process emulation of 2 ranks (float32:
+    # a few ulps apart); a plain one-process run is ~1e-2 away, so this tells them apart.
+    config = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+    build = lambda: JointTrainer.from_config(2, config.sampler, config.model,  # noqa: E731
+                                             config.trainer)
+    _, data = target_draws(config)
+    want, want_pool, _ = emulate_trainer(build(), data, 2, 10)
+    got = params(saved).double()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(saved.pool_.double(), want_pool, rtol=0, atol=1e-5)
+    one_process, _, _ = emulate_trainer(build(), data, 1, 10)
+    assert (got - one_process).abs().max() > 1e-3
+
+
+def test_an_error_one_rank_meets_before_training_stops_every_rank_with_its_message(two_ranks):
+    r, _ = two_ranks
+    # --out is a file: rank 0 cannot make it; rank 1, which makes nothing, hears it from rank 0.
+    assert [c["cli_failed_code"] for c in r["cli"]] == [2, 2]
+    assert not any(c["cli_failed_group_left"] for c in r["cli"])
+    assert "flowmc-ebm train: error: rank 0 of 2 stopped: " in r["stderr"]
 
 
 def test_blocks_of_the_pool_and_batch_cover_everything_once():

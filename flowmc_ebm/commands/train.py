@@ -20,11 +20,20 @@ saved config is refused, naming it, except the length (``--epochs``, ``--iterati
 One process writes OUT at a time (`samplers.rundir.RunLock` on OUT, taken before anything is
 checked or written); every file is written atomically (`samplers.rundir.atomic_write`).
 SIGINT/SIGTERM stop the run after the current iteration with a checkpoint and exit 130/143.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the command initializes the process
+group itself (gloo on CPU, NCCL with ``--device cuda``, each rank on ``cuda:LOCAL_RANK``), runs
+the data-parallel fit of `flowmc_ebm.training.parallel` and destroys the group when it ends,
+by an error or not. Rank 0 alone creates, locks and writes OUT and prints; every rank reads the
+config and, with ``--resume``, the checkpoint (so OUT must be on a filesystem every node sees).
+An error a rank meets before training (OUT taken, a bad checkpoint) stops every rank with its
+message (`flowmc_ebm.training.parallel.agreement`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,6 +57,7 @@ from flowmc_ebm.evaluation import (
     weight_figure,
 )
 from flowmc_ebm.trainer import JointTrainer
+from flowmc_ebm.training import parallel
 from flowmc_ebm.training import run as run_directory
 from flowmc_ebm.training.run import TrainingInterrupted
 from samplers.rundir import RunLock, atomic_write, sweep_leftovers
@@ -179,12 +189,15 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
     """
     if out is None:
         return _train(config, None, resume, progress, snapshot_chains, callbacks, data, device)
-    if resume and not out.is_dir():
-        raise ValueError(f"nothing to resume: {out} does not exist")
-    make_output_directory(out)
-    # The lock first: the checks below and every write after are then one process's.
-    with RunLock(out):
-        sweep_leftovers(out)
+    with contextlib.ExitStack() as lock:
+        with parallel.agreement():  # under torchrun: every rank goes on, or none
+            if resume and not out.is_dir():
+                raise ValueError(f"nothing to resume: {out} does not exist")
+            if parallel.is_writer():  # rank 0 alone makes, locks and writes OUT
+                make_output_directory(out)
+                # The lock first: the checks below and every write after are then one process's.
+                lock.enter_context(RunLock(out))
+                sweep_leftovers(out)
         return _train(config, out, resume, progress, snapshot_chains, callbacks, data, device)
 
 
@@ -192,47 +205,16 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
            snapshot_chains: int, callbacks: tuple[Callable, ...], data_run: Any = None,
            device: Any = None) -> tuple[JointTrainer, dict[str, Any]]:
     directory = out / CHECKPOINT.parent if out is not None else None
-    has_checkpoint = directory is not None and bool(
-        list_checkpoints(directory) or (directory / LATEST).exists())
-    if out is not None and not resume and has_checkpoint:
-        raise ValueError(f"{out} already holds a run ({directory}); pass --resume to continue "
-                         "it or choose another --out")
-    if resume and not has_checkpoint:
-        if out is None or not (out / "config.json").is_file():
-            raise ValueError(f"nothing to resume: no checkpoint in {directory}")
-        print(f"warning: no checkpoint in {directory} yet: the run starts again from "
-              f"iteration 0", file=sys.stderr)
-        resume = False
-    checkpoint = None
-    if resume:
-        with warnings.catch_warnings(record=True) as skipped:
-            warnings.simplefilter("always")
-            checkpoint = latest_checkpoint(directory)
-        for warning in skipped:
-            print(f"warning: {warning.message}", file=sys.stderr)
-    if data_run is None:
-        target, data = make_data(config)
-    else:  # the user's rows, standardized; the standardization rides in the checkpoints
-        target, data = None, data_run.points
-        callbacks = (*callbacks, data_run.standardization)
-    if checkpoint is not None:
-        trainer = JointTrainer.load(checkpoint, map_location=device)
-        print(f"resuming from {checkpoint} (iteration {trainer.iteration_})", flush=True)
-        if checkpoint.name != LATEST:  # a run killed before it pointed last.pt at its newest
-            point_latest(checkpoint)
-    else:
-        trainer_config = config.trainer
-        if trainer_config.lr_decay != "none" and trainer_config.lr_decay_iterations == 0:
-            trainer_config = dataclasses.replace(trainer_config,
-                                                 lr_decay_iterations=config.n_iterations)
-        trainer = JointTrainer.from_config(data.shape[1], config.sampler, config.model,
-                                           trainer_config, device=device)
-    data = data.to(trainer.device)
+    with parallel.agreement():
+        trainer, target, data, callbacks = _prepare(config, out, directory, resume, callbacks,
+                                                    data_run, device)
+    writer = parallel.is_writer()
+    written = out if writer else None  # under torchrun rank 0 writes OUT; every rank trains
     remaining = config.n_iterations - trainer.iteration_
     snapshots = ChainSnapshots(snapshot_chains)
     all_callbacks = (snapshots, *callbacks)
-    if out is not None:
-        write_json(out / "config.json", config.to_dict())
+    if written is not None:
+        write_json(written / "config.json", config.to_dict())
     start = time.perf_counter()
     if remaining > 0:
         trainer.fit(data, n_iterations=remaining, target=target, callbacks=all_callbacks,
@@ -251,25 +233,76 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
                "wall_time": trainer.elapsed_,
                "wall_time_process": time.perf_counter() - start,
                "resumptions": trainer.resumptions_, "config": config.to_dict()}
-    if out is not None:
+    pool = parallel.gather_pool(trainer) if out is not None else None  # a collective
+    if written is not None:
         write_json(out / "history.json", trainer.history_)
         write_json(out / "summary.json", summary)
         if target is not None and target.dim == 2:
-            write_figures(trainer, target, data, out, config.sampler)
+            write_figures(trainer, target, data, out, config.sampler, pool=pool)
         elif data_run is not None:
-            write_model_figure(trainer, data, out, data_run)
+            write_model_figure(trainer, data, out, data_run, pool=pool)
     return trainer, summary
 
 
+def _prepare(config: RunConfig, out: Path | None, directory: Path | None, resume: bool,
+             callbacks: tuple[Callable, ...], data_run: Any, device: Any
+             ) -> tuple[JointTrainer, Any, torch.Tensor, tuple[Callable, ...]]:
+    """The trainer (new or resumed), the target, the training points and the callbacks."""
+    writer = parallel.is_writer()
+    has_checkpoint = directory is not None and bool(
+        list_checkpoints(directory) or (directory / LATEST).exists())
+    if out is not None and not resume and has_checkpoint:
+        raise ValueError(f"{out} already holds a run ({directory}); pass --resume to continue "
+                         "it or choose another --out")
+    if resume and not has_checkpoint:
+        if out is None or not (out / "config.json").is_file():
+            raise ValueError(f"nothing to resume: no checkpoint in {directory}")
+        if writer:
+            print(f"warning: no checkpoint in {directory} yet: the run starts again from "
+                  f"iteration 0", file=sys.stderr)
+        resume = False
+    checkpoint = None
+    if resume:
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            checkpoint = latest_checkpoint(directory)
+        for warning in skipped if writer else ():
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if data_run is None:
+        target, data = make_data(config)
+    else:  # the user's rows, standardized; the standardization rides in the checkpoints
+        target, data = None, data_run.points
+        callbacks = (*callbacks, data_run.standardization)
+    if checkpoint is not None:
+        # parallel.load keeps a torchrun checkpoint's per-rank state, so that a resume with
+        # another process count is refused by name instead of continuing inexactly.
+        trainer = parallel.load(checkpoint, map_location=device)
+        if writer:
+            print(f"resuming from {checkpoint} (iteration {trainer.iteration_})", flush=True)
+        # A run killed before it pointed last.pt at its newest checkpoint:
+        if writer and checkpoint.name != LATEST:
+            point_latest(checkpoint)
+    else:
+        trainer_config = config.trainer
+        if trainer_config.lr_decay != "none" and trainer_config.lr_decay_iterations == 0:
+            trainer_config = dataclasses.replace(trainer_config,
+                                                 lr_decay_iterations=config.n_iterations)
+        trainer = JointTrainer.from_config(data.shape[1], config.sampler, config.model,
+                                           trainer_config, device=device)
+    return trainer, target, data.to(trainer.device), callbacks
+
+
 def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: Path,
-                  label: str) -> None:
-    """``landscape.png`` and ``weights.png`` of one 2-D run."""
+                  label: str, pool: torch.Tensor | None = None) -> None:
+    """``landscape.png`` and ``weights.png`` of one 2-D run (``pool``: the chains to draw,
+    default ``trainer.pool_``)."""
     mode = focus_mode(target)
+    pool = trainer.pool_ if pool is None else pool
     # Drawn in a scratch directory, then moved in atomically like every file of a run.
     with tempfile.TemporaryDirectory() as scratch:
         drawn = landscape_figure(
             [("target", target.log_prob), (f"{label}-EBM", trainer.log_prob)],
-            Path(scratch) / "landscape.png", data=data, points=[None, trainer.pool_],
+            Path(scratch) / "landscape.png", data=data, points=[None, pool],
             device=trainer.device)
         atomic_write(out / "landscape.png", drawn.read_bytes())
         h = trainer.history_
@@ -282,12 +315,13 @@ def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: P
 
 
 def write_model_figure(trainer: JointTrainer, data: torch.Tensor, out: Path,
-                       data_run: Any = None) -> None:
+                       data_run: Any = None, pool: torch.Tensor | None = None) -> None:
     """``model.png``: the model's samples beside the data (in the data's units), a density
     panel in 2-D and a pair plot above."""
     from flowmc_ebm.plots import plot_data_vs_model
 
-    samples = trainer.pool_.detach()  # the persistent chains: the model's own draws
+    # The persistent chains: the model's own draws.
+    samples = (trainer.pool_ if pool is None else pool).detach()
     std = data_run.standardization if data_run is not None else None
     names = std.names if std is not None else None
     log_prob = trainer.log_prob
@@ -383,7 +417,14 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     from flowmc_ebm.commands import check_device
 
-    device = check_device(args.device)
+    # Under torchrun (WORLD_SIZE > 1): the process group for the whole command, destroyed at
+    # its end, by an error or not; ``cuda`` is this rank's cuda:LOCAL_RANK.
+    with parallel.group_from_env(args.device) as name:
+        return _run(args, check_device(name))
+
+
+def _run(args: argparse.Namespace, device: Any) -> int:
+    writer = parallel.is_writer()
     data_run = read_data(args)
     if data_run is not None:  # epochs count passes over the file's rows
         args.n_rows = int(data_run.points.shape[0])
@@ -393,14 +434,17 @@ def run(args: argparse.Namespace) -> int:
     source = config.target if data_run is None else (
         f"{args.data} ({data_run.points.shape[0]} rows x {data_run.points.shape[1]} columns)")
     # stdout: stderr is kept for warnings and the one line of an error.
-    print(f"training {config.sampler}-EBM on {source}: {config.n_iterations} iterations "
-          f"-> {args.out}", flush=True)
+    if writer:
+        print(f"training {config.sampler}-EBM on {source}: {config.n_iterations} iterations "
+              f"-> {args.out}", flush=True)
     try:
         _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress,
                                data=data_run, device=device)
     except TrainingInterrupted as stop:
-        print(f"flowmc-ebm train: {stop}; resume with: flowmc-ebm train --resume --out "
-              f"{args.out}", file=sys.stderr, flush=True)
+        if writer:
+            print(f"flowmc-ebm train: {stop}; resume with: flowmc-ebm train --resume --out "
+                  f"{args.out}", file=sys.stderr, flush=True)
         return stop.exit_code
-    print(f"{config.sampler}-EBM: {format_summary(summary)}")
+    if writer:
+        print(f"{config.sampler}-EBM: {format_summary(summary)}")
     return 0

@@ -51,6 +51,8 @@ Example (``torchrun --nproc_per_node 2 train.py``)::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,8 +66,9 @@ from flowmc_ebm.checkpoint import load_checkpoint, write_numbered_checkpoint
 from flowmc_ebm.training import guard
 from samplers.distributed import _average_gradients, local_rank, rank_generator, shard_bounds
 
-__all__ = ["FORMAT", "Parallel", "active", "attach", "device_for", "epoch_seed", "init_from_env",
-           "is_writer", "load", "rank"]
+__all__ = ["FORMAT", "Parallel", "active", "agreement", "attach", "device_for", "epoch_seed",
+           "gather_pool", "group_from_env", "init_from_env", "is_writer", "launched", "load",
+           "rank"]
 
 #: Tag of ``state["parallel"]`` in a checkpoint written by several processes.
 FORMAT = "flowmc-ebm-parallel/1"
@@ -99,6 +102,66 @@ def init_from_env(device: torch.device | str = "cpu") -> bool:
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if cuda else "gloo")
     return True
+
+
+def launched() -> bool:
+    """Started by torchrun (or a launcher setting the same variables) with more than one
+    process: ``WORLD_SIZE`` > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextmanager
+def group_from_env(device: str) -> Iterator[str]:
+    """Under a launcher with several processes (`launched`) and no group yet: the default
+    process group, initialized for ``device`` (NCCL for ``cuda``, gloo otherwise), for the
+    block; destroyed when it ends, by an error or not. Yields the name of this rank's device
+    (``cuda`` becomes ``cuda:LOCAL_RANK``); without a launcher, ``device`` as it came."""
+    if not launched() or active():
+        yield device
+        return
+    cuda = str(device).split(":")[0] == "cuda"
+    init_from_env("cuda" if cuda else "cpu")
+    try:
+        yield f"cuda:{local_rank()}" if str(device) == "cuda" else device
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def agreement() -> Iterator[None]:
+    """A block that every rank completes or every rank leaves by an exception (nothing without
+    a group): at its end the ranks tell each other whether it raised; a rank where it did not
+    raises a ValueError naming the first rank where it did and that rank's error. So an error
+    one rank meets before the collectives of `fit` (e.g. rank 0's output directory is taken)
+    stops every rank with its message instead of leaving the others waiting."""
+    if not active():
+        yield
+        return
+    try:
+        yield
+    except BaseException as err:
+        _exchange(f"{type(err).__name__}: {err}")
+        raise
+    failed = [(r, m) for r, m in enumerate(_exchange(None)) if m is not None]
+    if failed:
+        r, message = failed[0]
+        raise ValueError(f"rank {r} of {dist.get_world_size()} stopped: {message}")
+
+
+def _exchange(message: str | None) -> list[str | None]:
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, message)
+    return found
+
+
+def gather_pool(trainer) -> Tensor:
+    """The whole persistent pool in global chain order: under a group (a collective) every
+    rank's block gathered, else ``trainer.pool_``."""
+    if getattr(trainer, "_parallel", None) is None or not active():
+        return trainer.pool_
+    blocks = [torch.empty_like(trainer.pool_) for _ in range(dist.get_world_size())]
+    dist.all_gather(blocks, trainer.pool_.contiguous())
+    return torch.cat(blocks)
 
 
 def device_for(device: torch.device | str) -> torch.device:
@@ -157,7 +220,7 @@ class Parallel:
         dist.all_reduce(flat)
         flat = flat / self.world
         out, i = dict(record), 0
-        for k, p in zip(keys, parts, strict=False):
+        for k, p in zip(keys, parts[:-1], strict=True):  # the last part is the guard
             out[k] = flat[i:i + p.numel()].reshape(record[k].shape).to(record[k].dtype)
             i += p.numel()
         g = flat[i:].clone()
