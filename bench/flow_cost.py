@@ -7,7 +7,9 @@ hidden 64x64, float32): ``sample`` (no grad), ``log_prob`` (no grad), ``sample +
 
 - ``realnvp``: ``make_flow(d, "realnvp")`` (zuko's affine coupling);
 - ``zuko_nsf``: ``zuko.flows.NSF(d, passes=2)``, what ``make_flow(d, "nsf")`` was before;
-- ``spline``: ``make_flow(d, "nsf")``, :class:`flowmc_ebm.spline.SplineCouplingFlow`.
+- ``spline``: ``make_flow(d, "nsf")``, :class:`flowmc_ebm.spline.SplineCouplingFlow`;
+- ``spline_compiled``: the same with ``compiled=True`` (its splines through ``torch.compile``;
+  the compilation is in ``first_call_seconds``, not in the timings).
 
 The flows' parameters are perturbed off the identity (the cost of a spline does not depend on
 its parameters, but an identity flow could hide a branch). Timings are interleaved: every round
@@ -35,7 +37,7 @@ import zuko
 
 from flowmc_ebm.flows import make_flow
 
-FLOWS = ("realnvp", "zuko_nsf", "spline")
+FLOWS = ("realnvp", "zuko_nsf", "spline", "spline_compiled")
 CALLS = ("sample", "log_prob", "sample_and_log_prob", "train_step")
 
 
@@ -47,6 +49,8 @@ def build_flow(name: str, dim: int, transforms: int = 4, hidden: tuple[int, ...]
         flow = make_flow(dim, "realnvp", transforms=transforms, hidden=hidden)
     elif name == "spline":
         flow = make_flow(dim, "nsf", transforms=transforms, hidden=hidden)
+    elif name == "spline_compiled":
+        flow = make_flow(dim, "nsf", transforms=transforms, hidden=hidden, compiled=True)
     elif name == "zuko_nsf":
         flow = zuko.flows.NSF(dim, transforms=transforms, passes=2, hidden_features=hidden)
     else:
@@ -107,7 +111,9 @@ def bench_case(dim: int, n: int, rounds: int, flows: tuple[str, ...] = FLOWS,
     load_before = _loadavg()
     data = torch.randn(n, dim, generator=torch.Generator().manual_seed(2)).to(device)
     calls = {name: _calls(build_flow(name, dim).to(device), data) for name in flows}
-    # Warm-up (allocator, first-call overheads); it also sets how many calls make one timing.
+    # Warm-up (allocator, first-call overheads, compilation of spline_compiled; timed), then
+    # one more call of each sets how many calls make one timing.
+    compile_s = {name: {c: _time(f, 1, device) for c, f in fs.items()} for name, fs in calls.items()}
     first = {name: {c: _time(f, 1, device) for c, f in fs.items()} for name, fs in calls.items()}
     repeats = {name: {c: max(1, min(20, int(0.05 / max(t, 1e-6)))) for c, t in ts.items()}
                for name, ts in first.items()}
@@ -135,6 +141,7 @@ def bench_case(dim: int, n: int, rounds: int, flows: tuple[str, ...] = FLOWS,
     ratio_rounds = {name: {c: {"median": statistics.median(v), "min": v[0], "max": v[-1]}
                            for c, v in rs.items()} for name, rs in per_round.items()}
     return {"dim": dim, "points": n, "rounds": done, "seconds": median, "ratio_to_realnvp": ratio,
+            "first_call_seconds": compile_s,
             "ratio_per_round": ratio_rounds, "loadavg_before": load_before,
             "loadavg_after": _loadavg()}
 
