@@ -35,7 +35,8 @@ CLI_TRAIN = ["train", "--target", "two_modes", "--sampler", "flowmc", "--iterati
              "--set", "trainer.pool_size=16", "--set", "trainer.batch_size=8",
              "--set", "trainer.n_negatives=8", "--set", "trainer.log_every=5",
              "--set", "trainer.eval_every=0", "--set", "model.energy_hidden=[16]",
-             "--set", "model.flow_hidden=[8]", "--set", "n_data=64", "--no-progress"]
+             "--set", "model.flow_hidden=[8]", "--set", "trainer.n_particles=4",
+             "--set", "n_data=64", "--no-progress"]
 
 
 def make_trainer(**knobs):
@@ -44,7 +45,7 @@ def make_trainer(**knobs):
     energy = MLPEnergy(2, (16,)).double()
     flow = make_flow(2, transforms=2, hidden=(16,)).double()
     config = TrainerConfig(**{"pool_size": 32, "batch_size": 12, "n_negatives": 8,
-                              "mcmc_steps": 6, "n_local": 2, "n_global": 1, "n_particles": 4,
+                              "mcmc_steps": 3, "n_local": 2, "n_global": 1, "n_particles": 4,
                               "step_size": 0.1, "lr_energy": 1e-2, "lr_flow": 1e-2,
                               "log_every": 5, "eval_every": 0, "seed": 3, **knobs})
     return JointTrainer(energy, flow, "flowmc", config)

@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from flowmc_ebm import cli
 from flowmc_ebm.checkpoint import latest_checkpoint
+from flowmc_ebm.commands.train import config_from_args
 from flowmc_ebm.commands.train import make_data as target_draws
 from flowmc_ebm.config import RunConfig
 from flowmc_ebm.objectives.contrastive import contrastive_loss, flow_nll
@@ -22,6 +24,7 @@ from flowmc_ebm.trainer import JointTrainer
 from flowmc_ebm.training import parallel
 from samplers.distributed import rank_generator, shard_bounds
 from tests.distributed_train_worker import (
+    CLI_TRAIN,
     ITERATIONS,
     make_data,
     make_trainer,
@@ -33,10 +36,33 @@ WORKER = ROOT / "tests" / "distributed_train_worker.py"
 
 
 def torchrun(*args, nproc=2, timeout=240):
+    return start_torchrun(*args, nproc=nproc).wait(timeout)
+
+
+def start_torchrun(*args, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", str(nproc), str(WORKER), *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    return Launch(subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(nproc), str(WORKER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=ROOT))
+
+
+class Launch:
+    """A torchrun launch running in the background; `wait` gives its ``returncode``, ``stdout``
+    and ``stderr`` (killed after ``timeout`` seconds)."""
+
+    def __init__(self, process):
+        self.process = process
+
+    def wait(self, timeout):
+        try:
+            self.stdout, self.stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        self.returncode = self.process.returncode
+        return self
 
 
 def free_ports(n):
@@ -51,13 +77,48 @@ def free_ports(n):
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def launch(tmp_path_factory):
+    """The one torchrun launch of this module's fast checks and, computed here while it runs,
+    the single-process emulations they are compared with."""
     tmp = tmp_path_factory.mktemp("dist_train")
-    run = torchrun("checks", str(tmp / "result.json"), str(tmp / "checkpoints"), *free_ports(2))
+    run = start_torchrun("checks", str(tmp / "result.json"), str(tmp / "checkpoints"),
+                         *free_ports(2))
+    try:
+        emulations = {"worker": emulate(), **emulate_command()}
+    finally:
+        run.wait(timeout=240)
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads((tmp / "result.json").read_text())
     result["stdout"], result["stderr"] = run.stdout, run.stderr
-    return result, tmp / "checkpoints"
+    return result, tmp / "checkpoints", emulations
+
+
+@pytest.fixture(scope="module")
+def two_ranks(launch):
+    return launch[:2]
+
+
+@pytest.fixture(scope="module")
+def emulated(launch):
+    return launch[2]["worker"]
+
+
+def command_config():
+    """The RunConfig `CLI_TRAIN` describes."""
+    args = cli.build_parser().parse_args([*CLI_TRAIN, "--out", "unused"])
+    return config_from_args(args)
+
+
+def emulate_command():
+    """The command's run emulated for 2 ranks and for 1 (what a plain process computes)."""
+    config = command_config()
+    _, data = target_draws(config)
+    out = {}
+    for world in (1, 2):
+        trainer = JointTrainer.from_config(2, config.sampler, config.model, config.trainer)
+        out[f"command_world{world}"] = emulate_trainer(trainer, data, world,
+                                                       config.n_iterations)
+    return out
 
 
 def emulate(world=2, iterations=ITERATIONS):
@@ -101,11 +162,6 @@ def emulate_trainer(t, data, world, iterations):
         t.opt_flow.step()
         losses.append(float(terms.loss.detach()))
     return params(t).double(), torch.cat(pools).double(), losses
-
-
-@pytest.fixture(scope="module")
-def emulated():
-    return emulate()
 
 
 def test_one_step_equals_the_single_process_step_on_the_concatenated_batch(two_ranks):
@@ -180,8 +236,8 @@ def load(directory):
     return parallel.load(latest_checkpoint(directory), energy=fresh.energy, flow=fresh.flow)
 
 
-def test_the_train_command_under_torchrun_trains_data_parallel_and_rank0_writes(two_ranks):
-    r, directory = two_ranks
+def test_the_train_command_under_torchrun_trains_data_parallel_and_rank0_writes(launch):
+    r, directory, emulations = launch
     out = directory.parent / "cli"
     assert [c["cli_code"] for c in r["cli"]] == [0, 0]
     assert not any(c["cli_group_left"] for c in r["cli"])  # the command destroyed its group
@@ -193,15 +249,13 @@ def test_the_train_command_under_torchrun_trains_data_parallel_and_rank0_writes(
     assert saved.iteration_ == 10 and saved._parallel_state["world"] == 2
     # The whole pool, and the parameters, of a single-process emulation of 2 ranks (float32:
     # a few ulps apart); a plain one-process run is ~1e-2 away, so this tells them apart.
-    config = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
-    build = lambda: JointTrainer.from_config(2, config.sampler, config.model,  # noqa: E731
-                                             config.trainer)
-    _, data = target_draws(config)
-    want, want_pool, _ = emulate_trainer(build(), data, 2, 10)
+    saved_config = json.loads((out / "config.json").read_text())
+    assert RunConfig.from_dict(saved_config) == command_config()  # what was emulated
+    want, want_pool, _ = emulations["command_world2"]
     got = params(saved).double()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(saved.pool_.double(), want_pool, rtol=0, atol=1e-5)
-    one_process, _, _ = emulate_trainer(build(), data, 1, 10)
+    one_process, _, _ = emulations["command_world1"]
     assert (got - one_process).abs().max() > 1e-3
 
 
@@ -220,7 +274,8 @@ def test_blocks_of_the_pool_and_batch_cover_everything_once():
 
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_stops_the_job_and_the_run_resumes_from_its_checkpoint(
-        tmp_path, emulated):
+        tmp_path):
+    emulated = emulate()
     directory = str(tmp_path / "checkpoints")
     crashed = torchrun("kill", str(tmp_path / "a.json"), directory, "25", timeout=120)
     assert crashed.returncode != 0  # no hang: torchrun stops rank 0 (gloo timeout 60 s)
