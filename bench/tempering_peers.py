@@ -14,8 +14,9 @@ Methods, one after the other in this process, torch and JAX on one thread each:
 - ``MALA (ours)``: 256 chains, a quarter of its steps warm-up (step-size tuning).
 - ``FlowMC (ours)``: the suite's settings (RealNVP, 4 transforms, ``n_local=2``, ``flow_lr=1e-2``,
   i-SIR with 16 proposals), 128 chains, half of its cycles warm-up (flow training).
-- flowMC (JAX): 0.6.4 has parallel-tempering bundles (``RQSpline_MALA_PT`` and others); they are
-  not run here yet (`flowmc_pt_reason` records what the installed flowMC has).
+- ``flowMC PT bundle (JAX)``: `bench.peers.flowmc_pt`, flowMC 0.6.4's ``RQSpline_MALA_PT_Bundle``
+  with its defaults (5 temperatures up to T = 5), 128 chains from the same starts as our FlowMC,
+  sized to the budget from evaluation counts derived from its source (checked by a counter).
 
 Counting: every point at which the target is evaluated counts one, with or without gradient (a
 gradient comes from the same forward pass). On the torch side a wrapper counts the rows of every
@@ -27,10 +28,15 @@ start from its prior, the reference, as SMC must.
 Figures per run: the largest |ŵ − w| over modes (modes assigned by the largest responsibility),
 |log Ẑ| (PT: stepping stone with its SE; SMC: the product of its incremental weights, no SE),
 wall-clock (everything: mode search, warm-up, flow training, JIT compilation), and the ESS of the
-mode indicators per second: for the chains, ArviZ's ESS of each mode's indicator over
-``(chains, draws)``, smallest over modes (NaN where a mode is never visited); for SMC, the Kish ESS
-``1 / Σ wᵢ²`` of the final weights, which is not a chain ESS and flatters SMC (it ignores the
-correlation resampling leaves between particles).
+mode indicators per second, two ways. (1) Per run: for the chains, ArviZ's ESS of each mode's
+indicator over ``(chains, draws)``, smallest over modes (NaN where a mode is never visited); for
+SMC, the Kish ESS ``1 / Σ wᵢ²`` of the final weights, which is not a chain ESS and flatters SMC (it
+ignores the correlation resampling leaves between particles). (2) The same estimator for every
+method, from the errors against the known weights: ``ESS_err = Σ_m w_m (1 − w_m) / mean over seeds
+of Σ_m (ŵ_m − w_m)²`` (the number of independent draws whose mode-weight estimate would have the
+observed mean squared error; bias counts, as it does for a user), divided by the mean wall time.
+With 3 seeds it is rough (a factor ~2 either way on a 2-mode target), but it cannot favour a
+method by how its ESS is modelled.
 
 Run from the repository root::
 
@@ -60,7 +66,7 @@ import torch
 import zuko
 
 import samplers
-from bench.peers import blackjax_smc
+from bench.peers import blackjax_smc, flowmc_pt
 from bench.peers.base import Run, json_safe, versions
 from flowmc_ebm.diagnostics import mode_weights
 
@@ -69,6 +75,7 @@ PT = "PT (ours)"
 SMC = "adaptive tempered SMC (blackjax)"
 MALA = "MALA (ours)"
 FLOWMC = "FlowMC (ours)"
+FLOWMC_PT = flowmc_pt.LABEL
 PACKAGES = ("torch", "zuko", "numpy", "arviz", "jax", "jaxlib", "blackjax", "flowMC")
 
 
@@ -91,6 +98,8 @@ def flowmc_pt_reason() -> str:
     hits = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                   if "temper" in p.read_text(errors="ignore").lower())
     version = metadata.version("flowMC")
+    if flowmc_pt.unavailable() is None:
+        return f"flowMC {version}: RQSpline_MALA_PT_Bundle run (bench.peers.flowmc_pt)"
     if hits:
         return f"flowMC {version} mentions tempering in {hits}: not wired into this benchmark"
     return (f"flowMC {version} has no parallel-tempering bundle or resource (no module mentions "
@@ -184,7 +193,8 @@ def score(run: Run, extra: dict[str, Any], target) -> dict[str, Any]:
         ess = float(np.min(mw.ess)) if bool(np.all(est > 0)) else math.nan
         se = float(np.nanmax(mw.se)) if np.any(np.isfinite(mw.se)) else math.nan
     log_z = extra.get("log_z")
-    return {"method": run.method, "target_evals": run.logprob_evals, "wall_s": run.wall_s,
+    return {"method": run.method, "mode_weight_sq_error": float(np.sum((est - truth) ** 2)),
+            "truth_var": float(np.sum(truth * (1 - truth))), "target_evals": run.logprob_evals, "wall_s": run.wall_s,
             "sample_s": run.sample_s, "mode_weights": est.tolist(),
             "mode_weight_error": float(np.max(np.abs(est - truth))), "mode_weight_se": se,
             "all_modes_visited": bool(np.all(est > 0)), "ess_mode": ess,
@@ -202,10 +212,14 @@ def run_target(target, seed: int, args, reference, log=print) -> dict[str, Any]:
     rows.append(score(pt_run, pt_extra, target))
     methods = [(SMC, lambda: blackjax_smc.run_smc(target, budget, seed)),
                (MALA, lambda: run_mala(target, seed, budget)),
-               (FLOWMC, lambda: run_flowmc(target, seed, budget))]
+               (FLOWMC, lambda: run_flowmc(target, seed, budget)),
+               (FLOWMC_PT, lambda: flowmc_pt.run_flowmc_pt(
+                   target, _starts(target, seed, 128).numpy(), budget, seed))]
     for label, fn in methods:
-        if label == SMC and blackjax_smc.unavailable() is not None:
-            failed.append({"method": label, "error": blackjax_smc.unavailable()})
+        why = {SMC: blackjax_smc.unavailable, FLOWMC_PT: flowmc_pt.unavailable}.get(
+            label, lambda: None)()
+        if why is not None:
+            failed.append({"method": label, "error": why})
             continue
         try:
             rows.append(score(*fn(), target))
@@ -234,7 +248,12 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lz = [r["log_z_error"] for r in rows if r["log_z_error"] is not None]
         ses = [r["log_z_se"] for r in rows if r["log_z_se"] is not None]
         ess = [r["ess_mode_per_s"] for r in rows]
+        wall = float(np.mean([r["wall_s"] for r in rows]))
+        sq = [r.get("mode_weight_sq_error") for r in rows]
+        ess_err = (rows[0]["truth_var"] / max(float(np.mean(sq)), 1e-300)
+                   if all(v is not None for v in sq) and "truth_var" in rows[0] else math.nan)
         out.setdefault(name, {})[method] = {
+            "ess_err": ess_err, "ess_err_per_s": ess_err / wall,
             "seeds": len(rows), "worst_error": max(r["mode_weight_error"] for r in rows),
             "mean_error": float(np.mean([r["mode_weight_error"] for r in rows])),
             "max_log_z_error": max(lz) if lz else None,
@@ -265,11 +284,23 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if best_ess else math.nan,
                 "ess_goal_met": bool(best_ess is None or pt["mean_ess_mode_per_s"]
                                      >= 2 * best_ess[1]["mean_ess_mode_per_s"]),
+                **_err_ess_goal(pt, peers),
                 "log_z_ratio": _divide(pt["max_log_z_error"],
                                        min(v["max_log_z_error"] for v in lz_peers.values()))
                 if lz_peers and pt["max_log_z_error"] is not None else None})
         table.append(row)
     return table
+
+
+def _err_ess_goal(pt: dict[str, Any], peers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ESS/s goal on the error-based ESS, the same estimator for every method."""
+    finite = {m: v for m, v in peers.items() if math.isfinite(v.get("ess_err_per_s", math.nan))}
+    if not finite or not math.isfinite(pt.get("ess_err_per_s", math.nan)):
+        return {"best_ess_err_peer": None, "ess_err_ratio": math.nan, "ess_err_goal_met": None}
+    best = max(finite.items(), key=lambda kv: kv[1]["ess_err_per_s"])
+    return {"best_ess_err_peer": best[0],
+            "ess_err_ratio": _divide(pt["ess_err_per_s"], best[1]["ess_err_per_s"]),
+            "ess_err_goal_met": bool(pt["ess_err_per_s"] >= 2 * best[1]["ess_err_per_s"])}
 
 
 def _divide(a: float, b: float) -> float:
@@ -286,30 +317,43 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = ["| target | method | worst err (seeds) | max \\|log Ẑ\\| | max SE | mean wall s | "
-             "mean evals | ESS/s mode |", "|---" * 8 + "|"]
+             "mean evals | ESS/s mode | ESS_err/s |", "|---" * 9 + "|"]
     for row in table:
         for method, v in row["methods"].items():
             lines.append(f"| {row['target']} | {method} | {v['worst_error']:.3f} ({v['seeds']}) | "
                          f"{_fmt(v['max_log_z_error'], '.3f')} | {_fmt(v['max_log_z_se'], '.3f')} | "
                          f"{v['mean_wall_s']:.1f} | {v['mean_target_evals']:.3g} | "
-                         f"{_fmt(v['mean_ess_mode_per_s'])} |")
+                         f"{_fmt(v['mean_ess_mode_per_s'])} | "
+                         f"{_fmt(v.get('ess_err_per_s', math.nan))} |")
     lines += ["", "| target | best peer (error) | PT err ÷ best | goal err | best peer (ESS/s) | "
-              "PT ESS/s ÷ best | goal ≥ 2× | PT \\|log Ẑ\\| ÷ SMC's |", "|---" * 8 + "|"]
+              "PT ESS/s ÷ best | goal ≥ 2× | best peer (ESS_err/s) | PT ESS_err/s ÷ best | "
+              "goal ≥ 2× (ESS_err) | PT \\|log Ẑ\\| ÷ SMC's |", "|---" * 11 + "|"]
     for row in table:
         if "error_ratio" not in row:
             continue
         lines.append(f"| {row['target']} | {row['best_error_peer']} | {_fmt(row['error_ratio'])} | "
                      f"{'met' if row['error_goal_met'] else 'NOT met'} | "
                      f"{row['best_ess_peer'] or '–'} | {_fmt(row['ess_ratio'])} | "
-                     f"{_ess_goal(row)} | "
+                     f"{_ess_goal(row)} | {row.get('best_ess_err_peer') or '–'} | "
+                     f"{_fmt(row.get('ess_err_ratio', math.nan))} | "
+                     f"{_goal_word(row.get('ess_err_goal_met'))} | "
                      f"{_fmt(row['log_z_ratio'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _goal_word(met: bool | None) -> str:
+    return "–" if met is None else ("met" if met else "NOT met")
 
 
 def _ess_goal(row: dict[str, Any]) -> str:
     if row["best_ess_peer"] is None:
         return "met (no peer visits every mode on every seed)"
     return "met" if row["ess_goal_met"] else "NOT met"
+
+
+def _truth(name: str) -> list[float]:
+    (target,) = [t for t in suite_module().targets() if t.name == name]
+    return target.weights.double().tolist()
 
 
 def merge(paths: list[str], out: Path) -> dict[str, Any]:
@@ -320,6 +364,12 @@ def merge(paths: list[str], out: Path) -> dict[str, Any]:
         for row in res["rows"]:
             for key in ("ess_mode", "ess_mode_per_s"):
                 row[key] = math.nan if row[key] is None else row[key]
+            if row.get("mode_weight_sq_error") is None and "mode_weights" in row:
+                # Older files: the squared error from the stored weights and the target's truth.
+                truth = np.asarray(_truth(res["target"]))
+                est = np.asarray(row["mode_weights"])
+                row["mode_weight_sq_error"] = float(np.sum((est - truth) ** 2))
+                row["truth_var"] = float(np.sum(truth * (1 - truth)))
     table = summary(runs)
     report = {**parts[0], "command": [p["command"] for p in parts],
               "load_average": [p["load_average"] for p in parts],

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ._checks import check_initial, check_positions, evaluate, per_chain
+from ._checks import (_check_output, check_gradient_path, check_initial, check_positions, evaluate,
+                      per_chain)
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb
 from .base import State as _State
@@ -48,10 +49,24 @@ class TemperedPath:
 
     def components(self, x: Tensor, grad: bool
                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """``(log target, log reference, ∇ log target, ∇ log reference)`` at ``x``."""
-        lt, gt = evaluate(self.target, x, grad)
-        lr, gr = evaluate(self.ref_log_prob, x, grad)
-        return lt, lr, gt, gr
+        """``(log target, log reference, ∇ log target, ∇ log reference)`` at ``x``, detached.
+
+        With gradients, both come from one backward pass (two leaves, one ``autograd.grad``): at
+        the small batches of a low-dimensional ladder the step's cost is per-call overhead, and a
+        backward call is the largest share of it."""
+        if not grad:
+            lt, _ = evaluate(self.target, x, False)
+            lr, _ = evaluate(self.ref_log_prob, x, False)
+            return lt, lr, None, None
+        with torch.enable_grad():
+            xt = x.detach().requires_grad_(True)
+            xr = x.detach().requires_grad_(True)
+            lt = _check_output(self.target(xt), x)
+            check_gradient_path(lt)
+            lr = _check_output(self.ref_log_prob(xr), x)
+            check_gradient_path(lr)
+            gt, gr = torch.autograd.grad(lt.sum() + lr.sum(), (xt, xr))
+        return lt.detach(), lr.detach(), gt, gr
 
     def beta_for(self, x: Tensor) -> Tensor:
         beta = self.row_beta
@@ -113,11 +128,23 @@ class PathMALA(StepSizeTuned):
 
     def step(self, state: PathState, generator: torch.Generator | None = None
              ) -> tuple[PathState, Info]:
+        return self.step_with(state, generator)[:2]
+
+    def step_with(self, state: PathState, generator: torch.Generator | None = None,
+                  extra: Tensor | None = None) -> tuple[PathState, Info, tuple | None]:
+        """`step`, and with ``extra`` (points of the event shape) the path's components there,
+        evaluated in the same batch as the proposals: ``(lt, lr, gt, gr)`` (``ParallelTempering``
+        passes its fresh reference draws: one evaluation call per step instead of two)."""
         u = torch.rand(state.step_size.shape, generator=generator, device=state.x.device,
                        dtype=state.x.dtype)
         h = state.step_size * self.jitter ** (u - 0.5)
         y = langevin_proposal(state.x, state.grad, h, generator)
-        lt, lr, gt, gr = self.path.components(y, True)
+        rows = y.shape[0]
+        lt, lr, gt, gr = self.path.components(y if extra is None else torch.cat([y, extra]), True)
+        at_extra = None
+        if extra is not None:
+            at_extra = (lt[rows:], lr[rows:], gt[rows:], gr[rows:])
+            lt, lr, gt, gr = lt[:rows], lr[:rows], gt[:rows], gr[:rows]
         new = path_state(self.path.beta_for(y), y, lt, lr, gt, gr, h)
         log_ratio = (new.log_prob - state.log_prob + langevin_log_density(state.x, y, new.grad, h)
                      - langevin_log_density(y, state.x, state.grad, h))
@@ -127,7 +154,7 @@ class PathMALA(StepSizeTuned):
                         torch.where(e, new.grad, state.grad), state.step_size,
                         torch.where(a, lt, state.log_target), torch.where(a, lr, state.log_ref),
                         torch.where(e, gt, state.grad_target), torch.where(e, gr, state.grad_ref))
-        return out, Info(accept_prob, accepted, state.step_size, invalid)
+        return out, Info(accept_prob, accepted, state.step_size, invalid), at_extra
 
     def __repr__(self) -> str:
         return f"PathMALA(target_accept={self.adaptation.target_accept})"

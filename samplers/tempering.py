@@ -99,6 +99,25 @@ def swap_log_ratio(delta_beta: Tensor, ell_low: Tensor, ell_high: Tensor) -> Ten
     return delta_beta * (ell_low - ell_high)
 
 
+def _sample(reference, n: int, generator: torch.Generator | None) -> Tensor:
+    """``n`` draws of the reference, without the log-density `independent.draw` also computes
+    (the step evaluates the reference at them anyway, with its gradient)."""
+    dist = resolve(reference)
+    with torch.no_grad():
+        if generator is None:
+            return dist.sample((n,))
+        cuda = generator.device.type == "cuda"
+        with torch.random.fork_rng(devices=[generator.device] if cuda else []):
+            if cuda:
+                torch.cuda.set_rng_state(generator.get_state(), generator.device)
+            else:
+                torch.set_rng_state(generator.get_state())
+            y = dist.sample((n,))
+            generator.set_state(torch.cuda.get_rng_state(generator.device) if cuda
+                                else torch.get_rng_state())
+        return y
+
+
 def _expand(t: Tensor, like: Tensor) -> Tensor:
     return t.view(*t.shape, *([1] * (like.ndim - t.ndim)))
 
@@ -305,12 +324,17 @@ class ParallelTempering(Kernel):
         k, n = s.log_target.shape
         event = s.ladder.shape[2:]
         b = self._set_rows(n, s.x)
-        local, linfo = self.local.step(s.local, generator)
-        fresh = draw(self.reference, (n,), generator)[0]
-        ladder = torch.cat([fresh.unsqueeze(0), local.x.view(k - 1, n, *event)])
         grad = s.grad_target is not None
-        if isinstance(local, PathState):  # the local kernel kept the components: evaluate slot 0 only
-            c0 = self.path.components(fresh, grad)
+        if isinstance(self.local, PathMALA) and isinstance(s.local, PathState):
+            # Slot 0's fresh draws are evaluated in the local step's batch (one call, one backward).
+            fresh = _sample(self.reference, n, generator)
+            local, linfo, c0 = self.local.step_with(s.local, generator, fresh)
+        else:
+            local, linfo = self.local.step(s.local, generator)
+            fresh = _sample(self.reference, n, generator)
+            c0 = self.path.components(fresh, grad) if isinstance(local, PathState) else None
+        ladder = torch.cat([fresh.unsqueeze(0), local.x.view(k - 1, n, *event)])
+        if isinstance(local, PathState):  # the local kernel kept the components: slot 0's are c0
             cl = (local.log_target, local.log_ref, local.grad_target, local.grad_ref)
             lt, lr, gt, gr = (None if a is None else torch.cat([a.unsqueeze(0), r.view(k - 1, *a.shape)])
                               for a, r in zip(c0, cl, strict=True))
