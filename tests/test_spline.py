@@ -9,8 +9,11 @@ import zuko
 from zuko.transforms import MonotonicRQSTransform
 
 from flowmc_ebm.flows import base_distribution, make_flow
+from flowmc_ebm import spline as spline_module
 from flowmc_ebm.spline import (
     SplineCouplingTransform,
+    rq_coupling_spline,
+    rq_coupling_spline_inverse,
     rq_spline,
     rq_spline_inverse,
     zuko_layout,
@@ -137,6 +140,87 @@ def test_bin_major_pairs_give_the_per_element_spline_and_its_gradients():
     wh, d = (p.detach().clone().requires_grad_(True) for p in pair)
     assert torch.autograd.gradcheck(lambda a, b, v: rq_spline(v, (a, b)), (wh, d, x))
     assert torch.autograd.gradcheck(lambda a, b, v: rq_spline_inverse(v, (a, b)), (wh, d, x))
+
+
+def _coupling_case(h: int = 3, n: int = 3, seed: int = 4):
+    """A coupling's bin-major parameters ``(n, (3K - 1) h)`` and inputs, float64, one input
+    outside [-B, B] (the identity there)."""
+    generator = torch.Generator().manual_seed(seed)
+    phi = torch.randn(n, (3 * K - 1) * h, generator=generator, dtype=torch.float64)
+    x = 2.5 * torch.randn(n, h, generator=generator, dtype=torch.float64)
+    x[0, 0] = 7.0
+    return phi.requires_grad_(True), x.requires_grad_(True)
+
+
+def _per_element(x, phi):
+    """The autograd version: rq_spline on the same parameters, log-det summed."""
+    h = x.shape[-1]
+    pair = (phi[..., : 2 * K * h].unflatten(-1, (2 * K, h)),
+            phi[..., 2 * K * h :].unflatten(-1, (K - 1, h)))
+    y, ladj = rq_spline(x, pair)
+    return y, ladj.sum(-1)
+
+
+def test_fused_spline_and_its_analytic_backward_equal_the_autograd_version():
+    phi, x = _coupling_case()
+    y, ladj = rq_coupling_spline(x, phi)
+    y_ref, ladj_ref = _per_element(x, phi)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj, ladj_ref, atol=1e-12, rtol=0)
+    g_y, g_l = torch.randn_like(y), torch.randn_like(ladj)
+    grads = torch.autograd.grad((y, ladj), (phi, x), (g_y, g_l))
+    grads_ref = torch.autograd.grad((y_ref, ladj_ref), (phi, x), (g_y, g_l))
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    assert torch.autograd.gradcheck(lambda p, v: rq_coupling_spline(v, p), (phi, x))
+    # Second derivatives (a score-matching loss of a flow's density needs them) are exact.
+    phi, x = _coupling_case(h=2, n=2)
+    assert torch.autograd.gradgradcheck(lambda p, v: rq_coupling_spline(v, p), (phi, x),
+                                        fast_mode=True)
+
+
+def test_gradcheck_of_the_fused_spline_fails_with_a_wrong_backward(monkeypatch):
+    # Guards the test above: a backward whose raw-slope gradients are 1 % off is caught.
+    phi, x = _coupling_case()
+    right = spline_module._backward_math
+
+    def wrong(*args):
+        grad_phi, g_x = right(*args)
+        grad_phi[..., 2 * K * x.shape[-1] :] *= 1.01
+        return grad_phi, g_x
+
+    monkeypatch.setattr(spline_module, "_backward_math", wrong)
+    assert not torch.autograd.gradcheck(lambda p, v: rq_coupling_spline(v, p), (phi, x),
+                                        raise_exception=False)
+
+
+def test_fused_inverse_inverts_and_matches_the_autograd_inverse():
+    phi, x = _coupling_case(h=4, n=64, seed=6)
+    with torch.no_grad():
+        y, ladj = rq_coupling_spline(x, phi)
+        x_back, ladj_inv = rq_coupling_spline_inverse(y, phi)  # the no-autograd pass
+    torch.testing.assert_close(x_back, x.detach(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj_inv, -ladj, atol=1e-12, rtol=0)
+    x_grad, ladj_grad = rq_coupling_spline_inverse(y, phi)  # phi requires grad: autograd path
+    torch.testing.assert_close(x_grad, x_back, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj_grad, ladj_inv, atol=1e-12, rtol=0)
+    assert ladj_grad.requires_grad
+
+
+@pytest.mark.slow  # torch.compile of three functions: ~1-2 min on a CPU
+def test_compiled_spline_equals_the_eager_one():
+    torch.manual_seed(0)
+    phi = torch.randn(256, (3 * K - 1) * 16, requires_grad=True)
+    x = 2 * torch.randn(256, 16, requires_grad=True)
+    outs = {}
+    for compiled in (False, True):
+        y, ladj = rq_coupling_spline(x, phi, compiled=compiled)
+        grads = torch.autograd.grad((y.sum() + ladj.sum()), (phi, x))
+        with torch.no_grad():
+            inverse = rq_coupling_spline_inverse(y, phi, compiled=compiled)
+        outs[compiled] = (y, ladj, *grads, *inverse)
+    for a, b in zip(outs[False], outs[True], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("bound", [5.0, 2.0])
