@@ -6,7 +6,8 @@ noise); `sample_mode_weights` counts where the model's own MCMC samples fall (wh
 sampler sees). `last_quarter_summary` turns a training history into the numbers the results
 report (weight over the last quarter of training, acceptance, R̂ of the persistent chains, which
 `ChainSnapshots` records). The figures are the two every run writes: density landscapes and the
-weight of one mode against the iteration.
+weight of one mode against the iteration (`write_figures`; `write_model_figure` for a run on a
+user's data).
 
 Example:
     >>> from flowmc_ebm.targets import TwoModes
@@ -19,8 +20,10 @@ Example:
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +31,11 @@ from torch import Tensor
 
 from flowmc_ebm.diagnostics.grid import grid_log_density, grid_quadrature
 from flowmc_ebm.diagnostics.mixing import max_rhat as diagnostics_max_rhat
+from samplers.rundir import atomic_write
 
-__all__ = ["ChainSnapshots", "landscape_figure", "last_quarter_summary", "max_rhat",
-           "quadrature_mode_weights", "sample_mode_weights", "weight_figure"]
+__all__ = ["ChainSnapshots", "focus_mode", "landscape_figure", "last_quarter_summary",
+           "max_rhat", "mode_name", "quadrature_mode_weights", "sample_mode_weights",
+           "weight_figure", "write_figures", "write_model_figure"]
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]
 #: The box used for TwoModes and the other 2-D targets: their modes and the tilt's bulk fit inside.
@@ -268,3 +273,66 @@ def weight_figure(curves: Sequence[Curve] | Mapping[str, Sequence[Curve]], truth
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------- the files a run writes
+
+
+def focus_mode(target: Any) -> int:
+    """The mode whose weight runs report: TwoModes' top-right one, else the heaviest."""
+    return int(getattr(target, "top_right", int(torch.argmax(target.weights))))
+
+
+def mode_name(target: Any, mode: int) -> str:
+    """How figures name the reported mode: TwoModes' "the top-right mode", else its index and
+    place (e.g. "mode 3 at (3, 0)"; the figure draws its true weight)."""
+    if getattr(target, "top_right", None) == mode:
+        return "the top-right mode"
+    where = ""
+    means = getattr(target, "means", None)
+    if means is not None and means.shape[-1] == 2:
+        where = " at ({:g}, {:g})".format(*(round(float(v), 2) for v in means[mode]))
+    return f"mode {mode}{where}"
+
+
+def write_figures(trainer: Any, target: Any, data: torch.Tensor, out: Path,
+                  label: str, pool: torch.Tensor | None = None) -> None:
+    """``landscape.png`` and ``weights.png`` of one 2-D run (``pool``: the chains to draw,
+    default ``trainer.pool_``)."""
+    mode = focus_mode(target)
+    pool = trainer.pool_ if pool is None else pool
+    # Drawn in a scratch directory, then moved in atomically like every file of a run.
+    with tempfile.TemporaryDirectory() as scratch:
+        drawn = landscape_figure(
+            [("target", target.log_prob), (f"{label}-EBM", trainer.log_prob)],
+            Path(scratch) / "landscape.png", data=data, points=[None, pool],
+            device=trainer.device)
+        atomic_write(out / "landscape.png", drawn.read_bytes())
+        h = trainer.history_
+        if h.get("ebm_mode_weights"):
+            weights = [w[mode] for w in h["ebm_mode_weights"]]
+            drawn = weight_figure([(f"{label}-EBM (quadrature)", h["eval_iteration"], weights)],
+                                  float(target.weights[mode]), Path(scratch) / "weights.png",
+                                  ylabel=f"EBM weight of {mode_name(target, mode)}")
+            atomic_write(out / "weights.png", drawn.read_bytes())
+
+
+def write_model_figure(trainer: Any, data: torch.Tensor, out: Path,
+                       data_run: Any = None, pool: torch.Tensor | None = None) -> None:
+    """``model.png``: the model's samples beside the data (in the data's units), a density
+    panel in 2-D and a pair plot above."""
+    from flowmc_ebm.plots import plot_data_vs_model
+
+    # The persistent chains: the model's own draws.
+    samples = (trainer.pool_ if pool is None else pool).detach()
+    std = data_run.standardization if data_run is not None else None
+    names = std.names if std is not None else None
+    log_prob = trainer.log_prob
+    if std is not None:
+        data, samples = std.inverse_transform(data), std.inverse_transform(samples)
+        log_prob = lambda x: trainer.log_prob(std.transform(x.to(trainer.device)))  # noqa: E731
+    fig = plot_data_vs_model(data, samples, log_prob=log_prob if data.shape[1] == 2 else None,
+                             names=names)
+    with tempfile.TemporaryDirectory() as scratch:
+        fig.savefig(Path(scratch) / "model.png", dpi=90)
+        atomic_write(out / "model.png", (Path(scratch) / "model.png").read_bytes())

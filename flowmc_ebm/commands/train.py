@@ -38,7 +38,6 @@ import dataclasses
 import json
 import math
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -52,9 +51,10 @@ from flowmc_ebm.commands import make_output_directory
 from flowmc_ebm.config import TARGETS, RunConfig, load_config, parse_overrides, sampler_names
 from flowmc_ebm.evaluation import (
     ChainSnapshots,
-    landscape_figure,
+    focus_mode,
     last_quarter_summary,
-    weight_figure,
+    write_figures,
+    write_model_figure,
 )
 from flowmc_ebm.trainer import JointTrainer
 from flowmc_ebm.training import parallel
@@ -139,23 +139,6 @@ def _json_ready(value: Any) -> Any:
 def write_json(path: Path, value: Any) -> None:
     """Atomically (a full disk leaves the previous file, and the error names it)."""
     atomic_write(path, (json.dumps(_json_ready(value), indent=1) + "\n").encode("utf-8"))
-
-
-def focus_mode(target: Any) -> int:
-    """The mode whose weight runs report: TwoModes' top-right one, else the heaviest."""
-    return int(getattr(target, "top_right", int(torch.argmax(target.weights))))
-
-
-def mode_name(target: Any, mode: int) -> str:
-    """How figures name the reported mode: TwoModes' "the top-right mode", else its index and
-    place (e.g. "mode 3 at (3, 0)"; the figure draws its true weight)."""
-    if getattr(target, "top_right", None) == mode:
-        return "the top-right mode"
-    where = ""
-    means = getattr(target, "means", None)
-    if means is not None and means.shape[-1] == 2:
-        where = " at ({:g}, {:g})".format(*(round(float(v), 2) for v in means[mode]))
-    return f"mode {mode}{where}"
 
 
 def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = False,
@@ -290,49 +273,6 @@ def _prepare(config: RunConfig, out: Path | None, directory: Path | None, resume
         trainer = JointTrainer.from_config(data.shape[1], config.sampler, config.model,
                                            trainer_config, device=device)
     return trainer, target, data.to(trainer.device), callbacks
-
-
-def write_figures(trainer: JointTrainer, target: Any, data: torch.Tensor, out: Path,
-                  label: str, pool: torch.Tensor | None = None) -> None:
-    """``landscape.png`` and ``weights.png`` of one 2-D run (``pool``: the chains to draw,
-    default ``trainer.pool_``)."""
-    mode = focus_mode(target)
-    pool = trainer.pool_ if pool is None else pool
-    # Drawn in a scratch directory, then moved in atomically like every file of a run.
-    with tempfile.TemporaryDirectory() as scratch:
-        drawn = landscape_figure(
-            [("target", target.log_prob), (f"{label}-EBM", trainer.log_prob)],
-            Path(scratch) / "landscape.png", data=data, points=[None, pool],
-            device=trainer.device)
-        atomic_write(out / "landscape.png", drawn.read_bytes())
-        h = trainer.history_
-        if h.get("ebm_mode_weights"):
-            weights = [w[mode] for w in h["ebm_mode_weights"]]
-            drawn = weight_figure([(f"{label}-EBM (quadrature)", h["eval_iteration"], weights)],
-                                  float(target.weights[mode]), Path(scratch) / "weights.png",
-                                  ylabel=f"EBM weight of {mode_name(target, mode)}")
-            atomic_write(out / "weights.png", drawn.read_bytes())
-
-
-def write_model_figure(trainer: JointTrainer, data: torch.Tensor, out: Path,
-                       data_run: Any = None, pool: torch.Tensor | None = None) -> None:
-    """``model.png``: the model's samples beside the data (in the data's units), a density
-    panel in 2-D and a pair plot above."""
-    from flowmc_ebm.plots import plot_data_vs_model
-
-    # The persistent chains: the model's own draws.
-    samples = (trainer.pool_ if pool is None else pool).detach()
-    std = data_run.standardization if data_run is not None else None
-    names = std.names if std is not None else None
-    log_prob = trainer.log_prob
-    if std is not None:
-        data, samples = std.inverse_transform(data), std.inverse_transform(samples)
-        log_prob = lambda x: trainer.log_prob(std.transform(x.to(trainer.device)))  # noqa: E731
-    fig = plot_data_vs_model(data, samples, log_prob=log_prob if data.shape[1] == 2 else None,
-                             names=names)
-    with tempfile.TemporaryDirectory() as scratch:
-        fig.savefig(Path(scratch) / "model.png", dpi=90)
-        atomic_write(out / "model.png", (Path(scratch) / "model.png").read_bytes())
 
 
 @dataclasses.dataclass
