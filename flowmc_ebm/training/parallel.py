@@ -38,6 +38,10 @@ torchrun checkpoint in one process) with a message saying so. A kernel error on 
 non-finite chains) stops the job instead of restarting from the last good state: the other ranks
 are already inside the gradient all-reduce and cannot restart in step.
 
+The command line uses the same path: ``torchrun --nproc_per_node 2 -m flowmc_ebm.cli train ...``
+makes its group with `group_from_env`, stops every rank on an error one meets before training
+(`agreement`), and draws its figures from `gather_pool`; rank 0 alone writes its files.
+
 Example (``torchrun --nproc_per_node 2 train.py``)::
 
     import torch, torch.distributed as dist
