@@ -47,12 +47,19 @@ from flowmc_ebm.diagnostics.weights import (
 )
 from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm.training import JointTrainer
+from flowmc_ebm.training.tilts import TILTS
 
-__all__ = ["FlowMCEBM", "LogNormalizer", "UnreliableNormalizerWarning", "importance_log_normalizer"]
+__all__ = ["CHAIN_CHECK_STEPS", "FlowMCEBM", "LogNormalizer", "UnreliableNormalizerWarning", "importance_log_normalizer"]
 
 #: `TrainerConfig` fields the estimator sets from its own parameters (not via ``trainer_options``).
 _OWN_KNOBS = ("pool_size", "batch_size", "n_negatives", "mcmc_steps", "lr_energy", "lr_flow",
-              "lr_decay", "lr_decay_iterations", "energy_l2", "seed")
+              "lr_decay", "lr_decay_iterations", "energy_l2", "tilt", "seed")
+
+#: Flowmc cycles `mode_weights(method="chains")` runs by default. #14 read one real-data EBM
+#: twice with 128 chains x 100 cycles: the two readings differed by 2.6 times their standard
+#: error (short chains that rarely change mode understate it); 500-cycle chains agreed with
+#: importance sampling within 1-2 standard errors.
+CHAIN_CHECK_STEPS = 500
 
 
 class UnreliableNormalizerWarning(UserWarning):
@@ -81,11 +88,19 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         batch_size: data points per step (capped at the number of rows).
         pool_size: persistent chains (see `flowmc_ebm.config.TrainerConfig`).
         n_negatives: chains advanced per step.
-        mcmc_steps: kernel steps per iteration.
+        mcmc_steps: MCMC moves per chain per iteration (a flowMC cycle is ``n_local + n_global``
+            moves, so with the default 4 + 1 it must be a multiple of 5; a ULA or MALA step is
+            one move); see `flowmc_ebm.config.TrainerConfig`.
         lr_energy: Adam learning rate of the energy.
         lr_flow: Adam learning rate of the flow.
         lr_decay: ``"cosine"``, ``"linear"`` or ``"none"``, over the whole run.
         energy_l2: ``α`` of the energy regularizer.
+        tilt: the EBM's tilt ``λ`` in ``log p̃ = −E + log λ`` (`flowmc_ebm.training.tilts`):
+            ``"base"`` (the flow's Gaussian base, the paper's), ``"gaussian"``, ``"gmm"`` (a
+            Gaussian mixture fitted to the data, its size by BIC: the one to use on real data,
+            `docs/results_real_data.md`) or ``"flow"``; fitted to ``X`` at `fit`. With a tilt the
+            importance sampling of ``log Z`` and of the mode weights mixes the flow with the tilt
+            (not the flow's base) defensively. NT-EBM (``method="nt"``) takes only ``"base"``.
         trainer_options: other `TrainerConfig` fields, e.g. ``{"step_size": 0.05}``.
         n_importance: importance draws for ``log Z`` after training.
         defensive: share of those drawn from the flow's Gaussian base instead of the flow.
@@ -124,7 +139,7 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
                  n_iterations: int | None = None, epochs: int = 20, batch_size: int = 64,
                  pool_size: int = 1024, n_negatives: int = 64, mcmc_steps: int = 10,
                  lr_energy: float = 0.01, lr_flow: float = 0.01, lr_decay: str = "cosine",
-                 energy_l2: float = 0.0, trainer_options: dict[str, Any] | None = None,
+                 energy_l2: float = 0.0, tilt: str = "base", trainer_options: dict[str, Any] | None = None,
                  n_importance: int = 20_000, defensive: float = 0.1, sample_steps: int = 100,
                  device: str | None = None, random_state: int | None = 0,
                  progress: bool = False) -> None:
@@ -146,6 +161,7 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         self.lr_flow = lr_flow
         self.lr_decay = lr_decay
         self.energy_l2 = energy_l2
+        self.tilt = tilt
         self.trainer_options = trainer_options
         self.n_importance = n_importance
         self.defensive = defensive
@@ -185,6 +201,11 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
             raise ValueError(f"n_iterations must be a positive int or None; received {total!r}")
         for name in ("n_importance", "sample_steps"):
             self._positive(name, minimum=2 if name == "n_importance" else 1)
+        if not isinstance(self.tilt, str) or self.tilt not in TILTS:
+            raise ValueError(f"tilt must be one of {', '.join(TILTS)}; received {self.tilt!r}")
+        if self.tilt != "base" and self.method == "nt":
+            raise ValueError(f"tilt={self.tilt!r} with method='nt': NT-EBM tilts by its own flow "
+                             "fitted to the data; use tilt='base'")
         if not isinstance(self.defensive, (int, float)) or not 0.0 <= self.defensive < 1.0:
             raise ValueError(f"defensive must be a share in [0, 1); received {self.defensive!r}")
         options = dict(self.trainer_options or {})
@@ -202,8 +223,8 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
                                n_negatives=min(self.n_negatives, self.pool_size),
                                mcmc_steps=self.mcmc_steps, lr_energy=self.lr_energy,
                                lr_flow=self.lr_flow, lr_decay=self.lr_decay,
-                               lr_decay_iterations=total, energy_l2=self.energy_l2, seed=seed,
-                               **options)
+                               lr_decay_iterations=total, energy_l2=self.energy_l2,
+                               tilt=self.tilt, seed=seed, **options)
         self.trainer_ = self._build_trainer(dim, config)
         data = data.to(self.trainer_.device)
         self.trainer_.fit(data, n_iterations=total, progress=self.progress)
@@ -263,7 +284,7 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         check_is_fitted(self, "trainer_")
         n = self.n_importance if n is None else n
         seed = (self.random_state or 0) if random_state is None else random_state
-        reference = base_distribution(self.flow_) if self.defensive > 0 else None
+        reference = self._reference()
         est = importance_log_normalizer(self.trainer_.log_prob, self.flow_, n,
                                         reference=reference, defensive=self.defensive or 0.1,
                                         seed=seed)
@@ -275,6 +296,13 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
                           "raise n_importance", UnreliableNormalizerWarning, stacklevel=2)
         self._set_log_normalizer(est)
         return est
+
+    def _reference(self) -> Any:
+        """The defensive component: the tilt when there is one, else the flow's base."""
+        if self.defensive == 0:
+            return None
+        tilt = self.trainer_.tilt
+        return tilt if tilt is not None else base_distribution(self.flow_)
 
     def _set_log_normalizer(self, est: LogNormalizer) -> None:
         self.log_normalizer_ = est.log_z
@@ -331,13 +359,24 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
                      random_state: int | None = None) -> ModeWeights:
         """Mass of each mode (or class, cluster) under the trained EBM, with standard errors.
 
+        Read the weights with ``method="importance"`` (the default) and use ``"chains"`` as a
+        check. Importance draws are independent, so their standard error holds whenever the
+        Pareto k̂ is below 0.7. Chains that rarely change mode understate theirs: in #14 two
+        readings of one real-data EBM by 128 chains x 100 flowMC cycles differed by 2.6 times
+        their standard error, while 500-cycle chains agreed with importance sampling
+        (`docs/results_real_data.md`).
+
         Args:
             assign: what maps points to modes: centers ``(K, d)``, a callable
                 ``x[n, d] -> labels`` such as ``classifier.predict``, or `FittedModes`.
             method: ``"importance"`` (self-normalized importance sampling with the flow,
-                defensively mixed with its base: the estimator of ``log Z``) or ``"chains"``
-                (occupancy of ``n_chains`` chains run ``n_steps`` steps from the pool).
+                defensively mixed with the tilt or the flow's base: the estimator of ``log Z``)
+                or ``"chains"`` (occupancy of ``n_chains`` chains run ``n_steps`` kernel steps
+                from the pool).
             n: importance draws (default ``n_importance``).
+            n_chains: chains of ``"chains"``.
+            n_steps: kernel steps of ``"chains"`` (a flowMC step is a whole cycle of local and
+                global moves); default `CHAIN_CHECK_STEPS` (500), or ``sample_steps`` if larger.
             level: coverage of the intervals.
             random_state: seed.
 
@@ -348,13 +387,15 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         check_is_fitted(self, "trainer_")
         seed = (self.random_state or 0) if random_state is None else random_state
         if method == "importance":
-            reference = base_distribution(self.flow_) if self.defensive > 0 else None
+            reference = self._reference()
             return importance_mode_weights(
                 self.trainer_.log_prob, self.flow_, assign,
                 self.n_importance if n is None else n, level=level, seed=seed,
                 reference=reference, defensive=self.defensive or 0.1)
         if method == "chains":
-            steps = self.sample_steps if n_steps is None else n_steps
+            steps = max(self.sample_steps, CHAIN_CHECK_STEPS) if n_steps is None else n_steps
+            check_positive_int(steps, "n_steps")
+            check_positive_int(n_chains, "n_chains")
             generator = torch.Generator(device=self.trainer_.device).manual_seed(seed + 1)
             trace = self.trainer_.sample(n_chains, n_steps=steps, generator=generator,
                                          return_trace=True)
@@ -369,14 +410,18 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         trainer = state.pop("trainer_", None)
         if trainer is not None:
             state["_trainer_state"] = {"config": trainer.config, "pool": trainer.pool_,
-                                       "iteration": trainer.iteration_}
+                                       "iteration": trainer.iteration_, "tilt": trainer.tilt}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         saved = state.pop("_trainer_state", None)
         self.__dict__.update(state)
         if saved is not None:
-            trainer = JointTrainer(self.energy_, self.flow_, self.method, saved["config"])
+            trained_flow = {k: v.clone() for k, v in self.flow_.state_dict().items()}
+            trainer = JointTrainer(self.energy_, self.flow_, self.method, saved["config"],
+                                   tilt=saved.get("tilt"))
+            # Installing a "flow" tilt starts flowMC's flow as a copy of it: put the trained back.
+            self.flow_.load_state_dict(trained_flow)
             trainer.pool_ = saved["pool"]
             trainer.iteration_ = saved["iteration"]
             trainer.history_ = self.history_

@@ -214,3 +214,84 @@ def test_scikit_learn_estimator_checks():
     assert {r["check_name"] for r in results if r["status"] == "skipped"} <= {
         "check_array_api_input"}
     assert len(results) >= 40
+
+
+def _far_clusters(n: int = 256) -> np.ndarray:
+    """Two clusters around (10, -5) and (14, -3), 1 : 2: far from the flow's N(0, I) base."""
+    rng = np.random.default_rng(3)
+    first = rng.random(n) < 1 / 3
+    centers = np.where(first[:, None], [10.0, -5.0], [14.0, -3.0])
+    return centers + 0.6 * rng.normal(size=(n, 2))
+
+
+def test_tilt_is_a_validated_parameter_passed_to_the_trainer_and_kept_by_clone_and_pickle():
+    ebm = FlowMCEBM(tilt="gmm", **TINY)
+    assert ebm.get_params()["tilt"] == "gmm" and clone(ebm).tilt == "gmm"
+    assert FlowMCEBM(**TINY).get_params()["tilt"] == "base"  # the default leaves runs unchanged
+    assert clone(ebm).set_params(tilt="gaussian").tilt == "gaussian"
+    X = _far_clusters()
+    with pytest.raises(ValueError, match="tilt must be one of base, gaussian, gmm, flow; "
+                                         "received 'mixture'"):
+        FlowMCEBM(tilt="mixture", **TINY).fit(X)
+    with pytest.raises(ValueError, match="tilt='gmm' with method='nt'"):
+        FlowMCEBM(method="nt", tilt="gmm", **TINY).fit(X)
+    with pytest.raises(ValueError, match="trainer_options may not set tilt"):
+        FlowMCEBM(trainer_options={"tilt": "gmm"}, **TINY).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableNormalizerWarning)  # 512 draws, 3 iterations
+        ebm.fit(X)
+    tilt = ebm.trainer_.tilt
+    assert ebm.trainer_.config.tilt == "gmm"
+    # BIC finds the two clusters, with their 1 : 2 masses.
+    probs = np.sort(tilt.mixture_distribution.probs.numpy())
+    np.testing.assert_allclose(probs, [1 / 3, 2 / 3], atol=0.07)
+    # Pickling keeps the tilt, so the model is the same density (without it the copy would
+    # fall back to the flow's base and score_samples would differ by tens of nats).
+    again = pickle.loads(pickle.dumps(ebm))
+    assert again.trainer_.tilt is not None
+    np.testing.assert_allclose(again.score_samples(X), ebm.score_samples(X), rtol=1e-6)
+
+
+def test_log_z_with_a_gmm_tilt_matches_quadrature_on_data_far_from_the_origin():
+    # Unstandardized data 12 units from the origin: the barely trained flow proposes near
+    # N(0, I), so log Z rests on the defensive half of the draws. With the tilt as that
+    # component it covers the model; shown to fail with the flow's base there instead.
+    X = _far_clusters()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableNormalizerWarning)
+        ebm = FlowMCEBM(tilt="gmm", defensive=0.5, **{**TINY, "n_importance": 8000}).fit(X)
+    bounds = ((6.0, 18.0), (-9.0, 1.0))
+    grid = grid_log_density(ebm.trainer_.log_prob, bounds, 300)
+    assert grid.edge_mass < 1e-6
+    k = int(np.argmax(grid.log_density))
+    point = torch.as_tensor(grid.points[k:k + 1], dtype=torch.float32)
+    with torch.no_grad():
+        grid_log_z = float(ebm.trainer_.log_prob(point)) - float(grid.log_density.ravel()[k])
+    assert ebm.pareto_k_ < 0.7 and ebm.log_normalizer_se_ < 0.0125
+    assert abs(ebm.log_normalizer_ - grid_log_z) < 4 * ebm.log_normalizer_se_ + 0.005
+
+
+def test_chain_mode_weights_run_500_cycles_by_default():
+    from flowmc_ebm.estimator import CHAIN_CHECK_STEPS
+
+    X = np.random.default_rng(0).normal(size=(64, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableNormalizerWarning)
+        ebm = FlowMCEBM(**TINY).fit(X)
+    centers = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    asked = []
+    run = ebm.trainer_.sample
+
+    def short(n, n_steps, **kwargs):  # records the steps asked for, runs 5 (500 take 20 s)
+        asked.append(n_steps)
+        return run(n, n_steps=5, **kwargs)
+
+    ebm.trainer_.sample = short
+    assert CHAIN_CHECK_STEPS >= 500
+    est = ebm.mode_weights(centers, method="chains", n_chains=4)
+    assert asked == [CHAIN_CHECK_STEPS] and est.n == 4 * 5
+    ebm.mode_weights(centers, method="chains", n_chains=4, n_steps=7)
+    ebm.set_params(sample_steps=800).mode_weights(centers, method="chains", n_chains=4)
+    assert asked[1:] == [7, 800]
+    with pytest.raises(ValueError, match="n_steps"):
+        ebm.mode_weights(centers, method="chains", n_steps=0)
