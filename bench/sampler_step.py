@@ -1,19 +1,27 @@
-"""Time per kernel step, eager against `torch.compile(kernel.step)`, as the number of chains and the
-dimension grow (issue #19's first measurement: does compiling the step pay on this machine?).
+"""Time per kernel step, eager against the compiled path (`samplers.sample(compile=True)`), as the
+number of chains and the dimension grow (issue #19).
 
 For each (kernel, chains, dim): the compile time of the first compiled call, then eager and
 compiled steps timed alternately in rounds (the median per round), so machine load affects both
 alike. The target is a quartic log-density (cheap: the step's own overhead dominates, which is
 where compilation could win). MALA and FlowMC (2 MALA steps + one i-SIR move with a RealNVP flow,
-not trained). Writes ``sampler_step.json`` into ``--out``.
+not trained; compiled = its MALA steps compiled, the flow move eager). For MALA also
+``samplers.sample`` (driver included, eager) against a bare torch loop doing the same arithmetic,
+timed in alternate rounds: ``sample_over_bare`` (eager) and ``sample_compiled_over_bare``
+(``compile=True``) are medians of the per-round ratios (goal <= 1.05). With ``--peer FILE``
+(the JSON lines of ``bench/peers/flowmc_step.py``, run in the bench venv), each FlowMC row gets
+flowMC (JAX)'s production cycle time (2 MALA + 1 flow step) at the same shape and the
+ratios. Writes ``sampler_step.json`` into ``--out``.
 
-    .venv/bin/python bench/sampler_step.py --quick --out bench/results
+    .venv/bin/python bench/sampler_step.py --quick --out bench/results --peer peer.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
 import time
@@ -23,6 +31,7 @@ import torch
 import zuko
 
 import samplers
+from samplers import _compile
 
 
 def log_prob(x):
@@ -37,39 +46,99 @@ def kernel(name: str, dim: int) -> samplers.Kernel:
     return samplers.FlowMC(log_prob, flow, n_local=2, train=False)
 
 
-def per_step(step, state, gen, n: int) -> tuple[float, object]:
-    start = time.perf_counter()
-    for _ in range(n):
-        state, _ = step(state, gen)
-    return (time.perf_counter() - start) / n, state
+def per_step(k: samplers.Kernel, state, gen, n: int, compiled: bool) -> tuple[float, object]:
+    with _compile.compiling(k, compiled):
+        start = time.perf_counter()
+        for _ in range(n):
+            state, _ = k.step(state, gen)
+        return (time.perf_counter() - start) / n, state
+
+
+def bare_mala(x: torch.Tensor, n: int, h: float = 0.1) -> torch.Tensor:
+    """MALA written out by hand (no validation, no stats but the draws): the floor."""
+
+    def lp_and_grad(z):
+        z = z.detach().requires_grad_(True)
+        lp = log_prob(z)
+        (g,) = torch.autograd.grad(lp.sum(), z)
+        return lp.detach(), g
+
+    lp, g = lp_and_grad(x)
+    out = x.new_empty((n, *x.shape))
+    for i in range(n):
+        y = x + h * g + math.sqrt(2 * h) * torch.randn_like(x)
+        lpy, gy = lp_and_grad(y)
+        log_ratio = (lpy - lp - (x - y - h * gy).square().sum(1) / (4 * h)
+                     + (y - x - h * g).square().sum(1) / (4 * h))
+        acc = torch.rand_like(lp).log() < log_ratio
+        a = acc.unsqueeze(1)
+        x, lp, g = torch.where(a, y, x), torch.where(acc, lpy, lp), torch.where(a, gy, g)
+        out[i] = x
+    return out
+
+
+def driver_over_bare(chains: int, dim: int, steps: int, rounds: int) -> dict:
+    """``samplers.sample(MALA)`` per step against `bare_mala`, in alternate rounds."""
+    x = torch.randn(chains, dim, generator=torch.Generator().manual_seed(1))
+    k = samplers.MALA(log_prob, 0.1)
+    n = max(steps, 100)
+    bare_mala(x, 10)
+    samplers.sample(k, x, 10, progress=False)
+    samplers.sample(k, x, 10, progress=False, compile=True)
+    bare, ours, comp = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        bare_mala(x, n)
+        bare.append((time.perf_counter() - start) / n)
+        start = time.perf_counter()
+        samplers.sample(k, x, n, progress=False)
+        ours.append((time.perf_counter() - start) / n)
+        start = time.perf_counter()
+        samplers.sample(k, x, n, progress=False, compile=True)
+        comp.append((time.perf_counter() - start) / n)
+    return {"bare_ms": 1e3 * statistics.median(bare), "sample_ms": 1e3 * statistics.median(ours),
+            "sample_compiled_ms": 1e3 * statistics.median(comp),
+            "sample_over_bare": statistics.median(o / b for o, b in zip(ours, bare, strict=True)),
+            "sample_compiled_over_bare": statistics.median(
+                c / b for c, b in zip(comp, bare, strict=True))}
 
 
 def case(name: str, chains: int, dim: int, steps: int, rounds: int) -> dict:
     k = kernel(name, dim)
     gen = torch.Generator().manual_seed(0)
     state = k.init(torch.randn(chains, dim, generator=gen))
-    compiled = torch.compile(k.step)
+    parts = _compile.compiled_kernels(k)
+
     start = time.perf_counter()
-    try:
-        c_state, _ = compiled(state, gen)
-        compile_s = time.perf_counter() - start
-        error = None
-    except Exception as err:  # the compiler may not handle a kernel: say so, keep the eager time
-        compile_s, error, c_state = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}", None
+    _, c_state = per_step(k, state, gen, 1, True)
+    compile_s = time.perf_counter() - start
+    failed = [p._compiled_cores["advance"].failed for p in parts
+              if p._compiled_cores["advance"].failed]
     eager, comp = [], []
     e_state = state
     for _ in range(rounds):
-        t, e_state = per_step(k.step, e_state, gen, steps)
+        t, e_state = per_step(k, e_state, gen, steps, False)
         eager.append(t)
-        if c_state is not None:
-            t, c_state = per_step(compiled, c_state, gen, steps)
-            comp.append(t)
+        t, c_state = per_step(k, c_state, gen, steps, True)
+        comp.append(t)
     out = {"kernel": name, "chains": chains, "dim": dim, "eager_ms": 1e3 * statistics.median(eager),
-           "compile_s": compile_s, "error": error}
-    if comp:
-        out["compiled_ms"] = 1e3 * statistics.median(comp)
-        out["compiled_over_eager"] = out["compiled_ms"] / out["eager_ms"]
+           "compile_s": compile_s, "fallback": failed[0] if failed else None,
+           "compiled_ms": 1e3 * statistics.median(comp)}
+    out["compiled_over_eager"] = statistics.median(c / e for c, e in zip(comp, eager, strict=True))
+    if name == "mala":
+        out.update(driver_over_bare(chains, dim, steps, rounds))
     return out
+
+
+def add_peer(results: list[dict], path: str) -> None:
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    peer = {(r["chains"], r["dim"]): r for r in map(json.loads, lines)}
+    for r in results:
+        p = peer.get((r["chains"], r["dim"]))
+        if r["kernel"] == "flowmc" and p is not None:
+            r["flowmc_jax_cycle_ms"] = p["cycle_ms"]
+            r["eager_over_flowmc_jax"] = r["eager_ms"] / p["cycle_ms"]
+            r["compiled_over_flowmc_jax"] = r["compiled_ms"] / p["cycle_ms"]
 
 
 def main() -> None:
@@ -83,6 +152,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--peer", default=None,
+                        help="JSON lines from bench/peers/flowmc_step.py (run in .venv-bench)")
     args = parser.parse_args()
     if args.quick:
         args.chains, args.dims, args.steps, args.rounds = [64, 4096], [2, 64], 20, 3
@@ -94,10 +165,13 @@ def main() -> None:
                 r = case(name, chains, dim, args.steps, args.rounds)
                 results.append(r)
                 print(json.dumps(r))
+    if args.peer:
+        add_peer(results, args.peer)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "sampler_step.json").write_text(json.dumps({
         "settings": vars(args), "results": results,
-        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform()},
+        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
+                    "load_average_end": os.getloadavg()},
     }, indent=2))
 
 

@@ -134,6 +134,21 @@ def evaluate(log_prob: LogProb, x: Tensor, grad: bool) -> tuple[Tensor, Tensor |
     return lp.detach(), g
 
 
+def value_and_grad(log_prob: LogProb, x: Tensor, functional: bool = False) -> tuple[Tensor, Tensor]:
+    """`evaluate` with the gradient; ``functional=True`` takes it with `torch.func.grad` instead
+    of `torch.autograd.grad`, the form `torch.compile` keeps inside one graph (in eager mode it is
+    slower, so the eager step does not use it)."""
+    if not functional:
+        return evaluate(log_prob, x, grad=True)
+
+    def total(z: Tensor) -> tuple[Tensor, Tensor]:
+        lp = _check_output(log_prob(z), z)
+        return lp.sum(), lp
+
+    g, lp = torch.func.grad(total, has_aux=True)(x.detach())
+    return lp.detach(), g
+
+
 def check_initial(lp: Tensor, name: str = "x0", grad: Tensor | None = None) -> None:
     """Chains must start where the density is positive and finite, and so is its gradient when the
     kernel uses one: from a NaN gradient every proposal is NaN, so the chain could never move.

@@ -4,7 +4,8 @@ A kernel with a compiled path (MALA, HMC, ULA; FlowMC's local steps through its 
 step in two: the random draws, taken eagerly from the run's generator in the eager step's order,
 and a pure tensor function of the state and those draws (proposal, log-density and gradient,
 Metropolis–Hastings decision), which is what `torch.compile` sees, as one graph
-(``fullgraph=True``, the gradient inside it). So a compiled chain and an eager chain with the same
+(``fullgraph=True``; the gradient by `torch.func.grad`, which Dynamo keeps in the graph, where
+`torch.autograd.grad` would break it). So a compiled chain and an eager chain with the same
 generator make the same draws and agree to float rounding.
 
 Where the compiler is absent or cannot compile the user's log-density as one graph (``.item()``,
@@ -15,6 +16,7 @@ once per kernel type and reason, and the run goes on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,20 +36,11 @@ def warn_once(key: tuple[str, str], message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-@contextlib.contextmanager
-def _trace_autograd() -> Iterator[None]:
-    """Let Dynamo put the step's ``torch.autograd.grad`` into the graph (it breaks it otherwise)."""
-    config = torch._dynamo.config
-    if hasattr(config, "trace_autograd_ops") and not config.trace_autograd_ops:
-        with config.patch(trace_autograd_ops=True):
-            yield
-    else:
-        yield
-
-
 class CompiledCore:
-    """``fn`` (a pure tensor function) through ``torch.compile(fullgraph=True, dynamic=False)``,
-    falling back to ``fn`` itself, with one warning, when compilation fails.
+    """``fn(*args, functional=True)`` (a pure tensor function, its gradient by `torch.func.grad`)
+    through ``torch.compile(fullgraph=True, dynamic=False)``, falling back to ``fn(*args)`` (eager,
+    `torch.autograd.grad`), with one warning, when compilation fails. (Should Dynamo give up on
+    its own, past its recompile limit, it runs the functional form eagerly: right, but slower.)
 
     ``failed`` holds the reason after a fallback (then every later call is eager)."""
 
@@ -60,10 +53,10 @@ class CompiledCore:
         if self.failed is None:
             try:
                 if self._compiled is None:
-                    self._compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
+                    self._compiled = torch.compile(functools.partial(self.fn, functional=True),
+                                                   fullgraph=True, dynamic=False,
                                                    backend=BACKEND)
-                with _trace_autograd():
-                    return self._compiled(*args)
+                return self._compiled(*args)
             except Exception as err:  # compiler absent or the log-density not compilable
                 reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
                 self.failed = reason

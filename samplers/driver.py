@@ -200,9 +200,10 @@ def sample(kernel: Kernel, x0: Tensor, n_steps: int, warmup: int = 0, thin: int 
             compiler is missing or cannot compile ``log_prob`` as one graph, a warning says so
             once and the step runs eagerly. The first step of each new shape compiles (seconds to
             a minute on a CPU), which ``wall_time`` includes when it falls in production.
-            ``"auto"`` compiles where it was measured to pay (see docs/performance.md):
-            on CUDA, and on CPU when ``chains * dim >= 65536`` and the run is at least 2000
-            steps; elsewhere it runs eagerly. Default ``False``.
+            ``"auto"`` compiles only where it was measured to pay back its compile time (see
+            docs/performance.md): ``chains * event size >= 65536`` and ``warmup + n_steps >=
+            2000``; elsewhere, and on GPUs (not measured yet), it runs eagerly. Default
+            ``False``.
 
     Returns:
         a `Trace` with ``n_steps // thin`` draws; with ``out``, a `StreamedTrace` reading them from
@@ -256,7 +257,7 @@ def _compile_choice(compile: bool | str, kernel: Kernel, x0: Tensor, steps: int)
     """Whether to take the compiled path: ``compile`` as given, or "auto"'s rule."""
     if compile == "auto":
         big = x0.shape[0] * x0[0].numel() >= AUTO_COMPILE_SIZE and steps >= AUTO_COMPILE_STEPS
-        return bool(_compile.compiled_kernels(kernel)) and (x0.device.type == "cuda" or big)
+        return bool(_compile.compiled_kernels(kernel)) and x0.device.type == "cpu" and big
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True, False or 'auto'; got {compile!r}")
     if compile and not _compile.compiled_kernels(kernel):

@@ -10,8 +10,8 @@ from ._checks import (
     check_log_prob_fn,
     check_positive_int,
     check_step_size,
-    evaluate,
     initial_state,
+    value_and_grad,
 )
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
@@ -66,14 +66,14 @@ class HMC(StepSizeTuned):
         return State(x, lp, g, h), Info(accept_prob, accepted, h, invalid)
 
     def _advance(self, x0: Tensor, lp0: Tensor, g0: Tensor, step_size: Tensor, p0: Tensor,
-                 u: Tensor) -> tuple[Tensor, ...]:
+                 u: Tensor, functional: bool = False) -> tuple[Tensor, ...]:
         """The trajectory and MH decision as a pure tensor function (what is compiled)."""
         eps = event_view(step_size, x0)
         x, g = x0, g0
         p = p0 + 0.5 * eps * g
         for i in range(self.n_leapfrog):
             x = x + eps * p
-            lp, g = evaluate(self.log_prob, x, grad=True)
+            lp, g = value_and_grad(self.log_prob, x, functional)
             if i < self.n_leapfrog - 1:
                 p = p + eps * g
         p = p + 0.5 * eps * g

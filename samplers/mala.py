@@ -9,8 +9,8 @@ from . import _compile
 from ._checks import (
     check_log_prob_fn,
     check_step_size,
-    evaluate,
     initial_state,
+    value_and_grad,
 )
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb, State
@@ -64,11 +64,11 @@ class MALA(StepSizeTuned):
         return State(x, lp, g, h), Info(accept_prob, accepted, h, invalid)
 
     def _advance(self, x: Tensor, lp: Tensor, g: Tensor, h: Tensor, noise: Tensor,
-                 u: Tensor) -> tuple[Tensor, ...]:
+                 u: Tensor, functional: bool = False) -> tuple[Tensor, ...]:
         """The step as a pure tensor function of the state and its draws (what is compiled)."""
         he = event_view(h, x)
         y = torch.addcmul(torch.addcmul(x, he, g), (2 * he).sqrt(), noise)
-        lp_y, g_y = evaluate(self.log_prob, y, grad=True)
+        lp_y, g_y = value_and_grad(self.log_prob, y, functional)
         # log q(x | y) - log q(y | x), q(y | x) = N(x + h g(x), 2h): the forward residual
         # y - x - h g(x) is sqrt(2h) noise, so log q(y | x) = -|noise|^2 / 2 (+ a constant that
         # cancels); the backward residual is computed.

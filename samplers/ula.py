@@ -9,8 +9,8 @@ from . import _compile
 from ._checks import (
     check_log_prob_fn,
     check_step_size,
-    evaluate,
     initial_state,
+    value_and_grad,
 )
 from .base import Info, Kernel, LogProb, State
 from .proposal import event_view, finite_rows
@@ -54,11 +54,11 @@ class ULA(Kernel):
         return State(x, lp, g, h), Info(valid.to(lp.dtype), valid, h, (~valid).to(torch.int32))
 
     def _advance(self, x: Tensor, lp: Tensor, g: Tensor, h: Tensor,
-                 noise: Tensor) -> tuple[Tensor, ...]:
+                 noise: Tensor, functional: bool = False) -> tuple[Tensor, ...]:
         """The move as a pure tensor function of the state and its noise (what is compiled)."""
         he = event_view(h, x)
         y = torch.addcmul(torch.addcmul(x, he, g), (2 * he).sqrt(), noise)
-        lp_y, g_y = evaluate(self.log_prob, y, grad=True)
+        lp_y, g_y = value_and_grad(self.log_prob, y, functional)
         valid = (lp_y.abs() < torch.inf) & finite_rows(g_y)
         v = event_view(valid, y)
         return torch.where(v, y, x), torch.where(valid, lp_y, lp), torch.where(v, g_y, g), valid

@@ -138,6 +138,7 @@ def test_auto_stays_eager_for_small_cpu_runs():
 # The invariance suite on the compiled path.
 
 def _moments(name):
+    _compile._WARNED.clear()  # a fallback warns once per process: make this run's visible
     g = torch.Generator().manual_seed(10)
     x0 = MEAN + torch.randn(128, D, generator=g)
     trace = samplers.sample(KERNELS[name](), x0, n_steps=600, warmup=300, progress=False,
@@ -147,6 +148,7 @@ def _moments(name):
 
 
 def _stationary(name):
+    _compile._WARNED.clear()
     g = torch.Generator().manual_seed(20)
     x0 = TARGET.sample((4000,))
     trace = samplers.sample(KERNELS[name](), x0, n_steps=30, progress=False, generator=g,
@@ -155,7 +157,10 @@ def _stationary(name):
     assert p.min() > P_TOL, f"{name}: smallest KS p-value {p.min():.2e}"
 
 
-COMPILABLE = ["flowmc", "hmc", "latent_mala", "mala"]
+# Not latent_mala: Dynamo cannot trace zuko's pushforward inside the latent log-density as one
+# graph ("Failed to convert args/kwargs to proxy"), so its MALA warns and runs eagerly (the
+# fallback the test above checks).
+COMPILABLE = ["flowmc", "hmc", "mala"]
 
 
 def test_compiled_mala_reproduces_gaussian_moments(fast_backend):
