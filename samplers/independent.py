@@ -61,6 +61,80 @@ def check_proposal_matches(proposal: Proposal, x: Tensor, checked: tuple | None)
     return key
 
 
+def _strided(idx: Tensor) -> slice | None:
+    """``idx`` as a slice of the last axis when it is an arithmetic progression (zuko's
+    alternating coupling masks), else None. CPU only: on a GPU the check would sync."""
+    if idx.device.type != "cpu" or idx.numel() == 0:
+        return None
+    first = int(idx[0])
+    step = int(idx[1] - idx[0]) if idx.numel() > 1 else 1
+    if step < 1 or not torch.equal(idx, first + step * torch.arange(idx.numel())):
+        return None
+    return slice(first, first + step * (idx.numel() - 1) + 1, step)
+
+
+def _coupling_layers(dist: Distribution) -> list | None:
+    """The coupling layers of a zuko flow made only of coupling transforms (zuko's RealNVP),
+    or None for any other distribution."""
+    try:
+        from zuko.distributions import NormalizingFlow
+        from zuko.transforms import ComposedTransform, CouplingTransform
+    except ImportError:  # pragma: no cover - zuko is a dependency
+        return None
+    if not isinstance(dist, NormalizingFlow):
+        return None
+    t = dist.transform
+    layers = list(t.transforms) if isinstance(t, ComposedTransform) else [t]
+    if isinstance(t, ComposedTransform) and t.domain_dim != 1:
+        return None
+    if not layers or not all(type(layer) is CouplingTransform for layer in layers):
+        return None
+    return layers
+
+
+def _coupling_draw(dist: Distribution, layers: list, shape: tuple[int, ...]
+                   ) -> tuple[Tensor, Tensor]:
+    """Draws of a coupling flow and their log-density in one inverse pass: each layer's
+    conditioner runs once, and its elementwise map gives both ``x_b = m⁻¹(y_b)`` and the forward
+    log-determinant at ``x_b``. zuko's own ``rsample_and_log_prob`` runs every conditioner twice
+    (its inverse's log-determinant calls the layer again) and indexes the halves by gathering;
+    here alternating halves are strided views. The draws are the ones ``sample`` gives (same
+    base draws, same operations); the log-density is ``log_prob`` of them up to float rounding
+    (the base density is taken at the drawn ``z``, not at the draw mapped forwards again)."""
+    z = dist.base.rsample(shape) if dist.base.has_rsample else dist.base.sample(shape)
+    h, acc = z, torch.zeros((), dtype=z.dtype, device=z.device)
+    for layer in reversed(layers):
+        ia, ib = _strided(layer.idx_a), _strided(layer.idx_b)
+        if ia is None or ib is None:
+            a, b = layer.split(h)
+        else:
+            a, b = h[..., ia], h[..., ib]
+        m = layer.meta(a)
+        x_b = m.inv(b)
+        acc = acc + m.log_abs_det_jacobian(x_b, b)
+        if ia is None or ib is None:
+            h = layer.merge(a, x_b, h.shape)
+        else:
+            out = h.new_empty(h.shape)
+            out[..., ia] = a
+            out[..., ib] = x_b
+            h = out
+    if dist.reinterpreted > 0:
+        acc = acc.sum(tuple(range(-dist.reinterpreted, 0)))
+    return h, dist.base.log_prob(z) + acc
+
+
+def _sample_and_log_prob(dist: Distribution, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """``shape`` draws and their log-density. A zuko coupling flow gives both in one inverse
+    pass (`_coupling_draw`), where ``log_prob`` on the draws would run the whole flow a second
+    time, forwards; any other distribution draws, then scores."""
+    layers = _coupling_layers(dist)
+    if layers is not None:
+        return _coupling_draw(dist, layers, shape)
+    y = dist.sample(shape)
+    return y, dist.log_prob(y)
+
+
 def draw(proposal: Proposal, shape: tuple[int, ...],
          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Draw ``shape`` points and their proposal log-density, without gradients.
@@ -68,22 +142,24 @@ def draw(proposal: Proposal, shape: tuple[int, ...],
     torch distributions draw from the global RNG. With an explicit generator we lend its state to
     the global RNG for the draw and take the advanced state back, so "same generator, same chain"
     holds without a host-device sync. The generator must live on the device the proposal samples on.
+
+    The log-density of a zuko coupling flow's draws comes from the same pass as the draws (see
+    `_coupling_draw`); it equals ``log_prob`` of the draws up to float rounding.
     """
     dist = resolve(proposal)
     with torch.no_grad():
         if generator is None:
-            y = dist.sample(shape)
-        else:
-            cuda = generator.device.type == "cuda"
-            with torch.random.fork_rng(devices=[generator.device] if cuda else []):
-                if cuda:
-                    torch.cuda.set_rng_state(generator.get_state(), generator.device)
-                else:
-                    torch.set_rng_state(generator.get_state())
-                y = dist.sample(shape)
-                generator.set_state(torch.cuda.get_rng_state(generator.device) if cuda
-                                    else torch.get_rng_state())
-        return y, dist.log_prob(y)
+            return _sample_and_log_prob(dist, shape)
+        cuda = generator.device.type == "cuda"
+        with torch.random.fork_rng(devices=[generator.device] if cuda else []):
+            if cuda:
+                torch.cuda.set_rng_state(generator.get_state(), generator.device)
+            else:
+                torch.set_rng_state(generator.get_state())
+            out = _sample_and_log_prob(dist, shape)
+            generator.set_state(torch.cuda.get_rng_state(generator.device) if cuda
+                                else torch.get_rng_state())
+        return out
 
 
 def _move(state: State, x: Tensor, lp: Tensor, grad: Tensor | None, moved: Tensor) -> State:
