@@ -28,6 +28,7 @@ packages are missing are skipped with the reason; a peer that fails is recorded 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.peers import flowmc_jax, numpyro_nuts, ours, torchebm_langevin
+from bench.peers import blackjax_mala, flowmc_jax, numpyro_nuts, ours, torchebm_langevin
 from bench.peers.base import Problem, Run, json_safe, versions
 from flowmc_ebm.diagnostics import mixing, mode_hopping, mode_weights
 from flowmc_ebm.targets import GaussianMixture, HighDimMixture, TwoModes
@@ -131,6 +132,8 @@ def score(run: Run, target: GaussianMixture) -> dict[str, Any]:
     visited = bool(np.all(weights.weights > 0))
     ess_mode = float(np.min(weights.ess)) if visited else math.nan
     ess_coord = mix.min_ess_bulk
+    compile_s = run.config.get("compile_s")
+    net_s = run.wall_s - compile_s if compile_s is not None else None
     return {
         "method": run.method,
         "chains": int(samples.shape[0]),
@@ -148,6 +151,10 @@ def score(run: Run, target: GaussianMixture) -> dict[str, Any]:
         "ess_mode_per_s": ess_mode / run.wall_s,
         "ess_coord": ess_coord,
         "ess_coord_per_s": ess_coord / run.wall_s,
+        "compile_s": compile_s,
+        "ess_mode_per_s_excl_compile": None if net_s is None else ess_mode / net_s,
+        "ess_coord_per_s_excl_compile": None if net_s is None else ess_coord / net_s,
+        "ess_mode_per_sample_s": None if not run.sample_s else ess_mode / run.sample_s,
         "max_rhat": mix.max_rhat,
         "mode_indicator_max_rhat": hops.max_rhat,
         "chains_that_changed_mode": float(1.0 - hops.stuck_chains.mean()),
@@ -297,6 +304,174 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Long:
+    """The realistic length (issue #19): every method keeps ``production`` draws per chain after
+    its own warm-up, as users run them; no gradient budget."""
+
+    dims: tuple[int, ...] = (16, 32)
+    chains: int = 64
+    production: int = 20_000
+    flowmc_warmup: int = 1000  # cycles of 2 MALA steps + 1 i-SIR move + 1 flow update
+    mala_warmup: int = 4000  # flowMC's 20 training loops of 100 + 100 steps
+    nuts_warmup: int = 1000
+
+
+LONG = Long()
+MALA_LABEL = "MALA (ours)"
+
+
+def _mala_step(rows: dict[str, dict[str, Any]]) -> float:
+    if MALA_LABEL not in rows:
+        raise RuntimeError("this peer takes our MALA's tuned step size: run MALA first")
+    return rows[MALA_LABEL]["config"]["median_step_size"]
+
+
+def _flowmc_jax_length(production: int) -> flowmc_jax.FlowMCJaxDefaults:
+    """flowMC's production loops for ``production`` draws (each loop keeps 100 + 100)."""
+    d = flowmc_jax.FlowMCJaxDefaults()
+    per_loop = d.n_local_steps + d.n_global_steps
+    return dataclasses.replace(d, n_production_loops=max(1, production // per_loop))
+
+
+def long_methods(length: Long = LONG) -> tuple[Method, ...]:
+    """The long run's rows; a runner takes the problem and the rows scored so far."""
+    w, n = length, length.production
+    return (
+        Method("mala", MALA_LABEL, _always,
+               lambda p, rows: ours.run_mala_steps(p, w.mala_warmup, n)),
+        Method("flowmc", OURS, _always,
+               lambda p, rows: ours.run_flowmc_steps(p, w.flowmc_warmup, n)),
+        Method("flowmc_jax", "flowMC (JAX)", flowmc_jax.unavailable,
+               lambda p, rows: flowmc_jax.run_flowmc_jax_defaults(p, _flowmc_jax_length(n))),
+        Method("nuts", "NUTS (numpyro)", numpyro_nuts.unavailable,
+               lambda p, rows: numpyro_nuts.run_nuts_steps(p, w.nuts_warmup, n)),
+        Method("blackjax_mala", "MALA (blackjax)", blackjax_mala.unavailable,
+               lambda p, rows: blackjax_mala.run_mala(p, _mala_step(rows), w.mala_warmup, n)),
+        Method("torchebm", "ULA (torchebm)", torchebm_langevin.unavailable,
+               lambda p, rows: torchebm_langevin.run_langevin_steps(p, _mala_step(rows),
+                                                                    w.mala_warmup, n)),
+    )
+
+
+def run_long_problem(problem: Problem, methods: tuple[Method, ...], folder: Path,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every method on ``problem``, one JSON per method in ``folder`` (kept if already there, so
+    an interrupted run resumes where it stopped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    skipped, failed = [], []
+    for method in methods:
+        path = folder / f"{problem.name}_seed{problem.seed}_{method.key}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved["kind"] == "row":
+                rows[method.label] = saved["row"]
+            else:
+                (skipped if saved["kind"] == "skipped" else failed).append(saved["row"])
+            log(f"  {method.label}: read {path}")
+            continue
+        reason = method.unavailable()
+        if reason is not None:
+            entry, kind = {"method": method.label, "reason": reason}, "skipped"
+            skipped.append(entry)
+        else:
+            try:
+                run = method.run(problem, rows)
+                entry, kind = score(run, problem.target), "row"
+                rows[method.label] = entry
+                del run
+            except Exception as error:  # a peer's failure is a result to report
+                entry, kind = {"method": method.label, "error": f"{type(error).__name__}: {error}",
+                               "traceback": traceback.format_exc(limit=-3)}, "failed"
+                failed.append(entry)
+        path.write_text(json.dumps(json_safe({"kind": kind, "row": entry,
+                                              "load_average": os.getloadavg()[0]}), indent=1))
+        if kind == "row":
+            r = entry
+            log(f"  {method.label}: error {r['mode_weight_error']:.4f}, ESS/s mode "
+                f"{r['ess_mode_per_s']:.3g} ({_fmt(r['ess_mode_per_s_excl_compile'])} without "
+                f"compilation), R-hat {r['max_rhat']:.3f}, {r['wall_s']:.1f} s "
+                f"(compile {_fmt(r['compile_s'], '.1f')} s)")
+        else:
+            log(f"  {method.label}: {kind.upper()} ({entry.get('reason') or entry.get('error')})")
+    ordered = [rows[m.label] for m in methods if m.label in rows]
+    add_ratios(ordered)
+    return {"problem": problem.name, "target": repr(problem.target), "dim": problem.dim,
+            "chains": problem.chains, "seed": problem.seed,
+            "start": f"N(0, {START_SCALE:g}^2 I), the same draws for every method",
+            "rows": ordered, "skipped": skipped, "failed": failed}
+
+
+LONG_KEYS = ("mode_weight_error", "max_rhat", "mode_indicator_max_rhat", "ess_mode_per_s",
+             "ess_mode_per_s_excl_compile", "ess_coord_per_s", "ess_coord_per_s_excl_compile",
+             "wall_s", "compile_s", "chains_that_changed_mode")
+
+
+def long_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per problem and method, over seeds: the mean of each figure and the worst error."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for res in results:
+        for row in res["rows"]:
+            groups.setdefault((res["problem"], row["method"]), []).append(row)
+    out = []
+    for (problem, method), rows in groups.items():
+        entry = {"problem": problem, "method": method, "seeds": len(rows),
+                 "worst_mode_weight_error": max(r["mode_weight_error"] for r in rows),
+                 "worst_max_rhat": max(r["max_rhat"] for r in rows)}
+        for key in LONG_KEYS:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+            entry[key] = float(np.mean(values)) if len(values) == len(rows) else None
+        out.append(entry)
+    return out
+
+
+def long_markdown(summary_rows: list[dict[str, Any]]) -> str:
+    """The headline table: per problem and method, means over seeds."""
+    lines = ["| target | method | seeds | weight error: mean (worst) | max R̂: mean (worst) | "
+             "ESS/s mode | ESS/s mode, compilation excluded | ESS/s coords | "
+             "ESS/s coords, compilation excluded | wall s | of which compilation s | "
+             "chains that hopped |", "|---" * 12 + "|"]
+    for r in summary_rows:
+        lines.append(
+            f"| {r['problem']} | {r['method']} | {r['seeds']} | {r['mode_weight_error']:.4f} "
+            f"({r['worst_mode_weight_error']:.4f}) | {r['max_rhat']:.3f} ({r['worst_max_rhat']:.3f}) | "
+            f"{_fmt(r['ess_mode_per_s'])} | {_fmt(r['ess_mode_per_s_excl_compile'])} | "
+            f"{_fmt(r['ess_coord_per_s'])} | {_fmt(r['ess_coord_per_s_excl_compile'])} | "
+            f"{r['wall_s']:.1f} | {_fmt(r['compile_s'], '.1f')} | "
+            f"{_fmt(r['chains_that_changed_mode'], '.0%')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main_long(args: argparse.Namespace) -> dict[str, Any]:
+    length = Long(tuple(args.dims or LONG.dims), args.chains or LONG.chains,
+                  args.production or LONG.production)
+    methods = tuple(m for m in long_methods(length) if m.key in args.methods)
+    mode = Mode("long", length.dims, length.chains, 0)
+    out = Path(args.out)
+    folder = out / "sampling_peers_long"
+    start, load = time.perf_counter(), os.getloadavg()
+    results = []
+    for seed in args.seeds:
+        for problem in make_problems(mode, seed, two_modes=not args.no_two_modes):
+            print(f"{problem.name} (d = {problem.dim}, seed {seed}):", flush=True)
+            results.append(run_long_problem(problem, methods, folder))
+    rows = long_summary(results)
+    report = {"benchmark": "sampling_peers", "mode": "long", "length": dataclasses.asdict(length),
+              "command": " ".join([os.path.relpath(sys.executable), "-m", "bench.sampling_peers",
+                                   *sys.argv[1:]]),
+              "python_executable": sys.executable, "versions": versions(PACKAGES),
+              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+              "cpus": os.cpu_count(), "load_average": [load[0], os.getloadavg()[0]],
+              "total_s": time.perf_counter() - start, "summary_over_seeds": rows,
+              "problems": results}
+    (out / "sampling_peers_long.json").write_text(json.dumps(json_safe(report), indent=1))
+    (out / "sampling_peers_long.md").write_text(long_markdown(rows))
+    print(f"done in {report['total_s']:.0f} s; wrote {out}/sampling_peers_long.json")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results", help="folder for the JSON and tables")
@@ -310,18 +485,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="override the gradient evaluations per chain")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one run of everything per seed (starts, flows, chains)")
-    parser.add_argument("--methods", nargs="+", choices=[m.key for m in METHODS],
-                        default=[m.key for m in METHODS],
+    keys = sorted({m.key for m in METHODS} | {m.key for m in long_methods()})
+    parser.add_argument("--methods", nargs="+", choices=keys, default=keys,
                         help="a subset of the methods (torchebm needs mala)")
     parser.add_argument("--no-two-modes", action="store_true", help="only the 4-mode mixtures")
+    parser.add_argument("--long", action="store_true",
+                        help=f"the realistic length: {LONG.production} production draws per "
+                             f"chain, {LONG.chains} chains, d = {LONG.dims} (one JSON per target, "
+                             "seed and method under OUT/sampling_peers_long/, reused if present)")
+    parser.add_argument("--production", type=int, help="--long: production draws per chain")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.long:
+        return main_long(args)
     mode = QUICK if args.quick else FULL
     mode = Mode(mode.name, tuple(args.dims or mode.dims), args.chains or mode.chains,
                 args.budget or mode.budget)
     start, load = time.perf_counter(), os.getloadavg()
     results = []
-    methods = [m for m in METHODS if m.key in args.methods]
+    methods = [m for m in METHODS if m.key in args.methods]  # unknown keys: long-mode rows
     for seed in args.seeds:
         for problem in make_problems(mode, seed, two_modes=not args.no_two_modes):
             print(f"{problem.name} (d = {problem.dim}, seed {seed}):", flush=True)

@@ -90,3 +90,52 @@ def run_nuts(problem: Problem, num_warmup: int | None = None) -> Run:
               "mean_num_steps": float(np.concatenate(steps)[:keep].mean())}
     return Run("NUTS (numpyro)", samples, float(cumulative[keep - 1]), 0, warm_s + sample_s,
                sample_s, config, notes)
+
+
+def run_nuts_steps(problem: Problem, num_warmup: int, production: int, chunk: int = 500) -> Run:
+    """NUTS with numpyro's default window adaptation over ``num_warmup`` draws, then
+    ``production`` draws, no budget. JAX's compilation time (`bench.peers.jax_clock`) is reported
+    in ``config["compile_s"]``; the warm-up's gradients are counted, not capped."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import NUTS
+
+    from bench.peers.jax_clock import compile_clock
+
+    log_prob = jax_log_prob(problem.target)
+    num_warmup = chunk * max(1, -(-num_warmup // chunk))
+    production = chunk * max(1, -(-production // chunk))
+    kernel = NUTS(potential_fn=lambda x: -log_prob(x))
+
+    def advance(state):
+        def body(s, _):
+            s = kernel.sample(s, (), {})
+            return s, (s.z, s.num_steps)
+
+        return jax.lax.scan(body, state, None, length=chunk)
+
+    with compile_clock() as clock:
+        start = time.perf_counter()
+        keys = jax.random.split(jax.random.PRNGKey(problem.seed), problem.chains)
+        state = kernel.init(keys, num_warmup, init_params=jnp.asarray(problem.x0.numpy()),
+                            model_args=(), model_kwargs={})
+        step = jax.jit(advance)
+        spent = 1.0
+        for _ in range(num_warmup // chunk):
+            state, (_, num_steps) = step(state)
+            spent += float(np.asarray(num_steps).sum(0).mean())
+        tick = time.perf_counter()
+        draws, steps = [], []
+        for _ in range(production // chunk):
+            state, (z, num_steps) = step(state)
+            draws.append(np.asarray(z))
+            steps.append(np.asarray(num_steps).sum(0).mean())
+        wall = time.perf_counter() - start
+        sample_s = time.perf_counter() - tick
+    samples = np.concatenate(draws).transpose(1, 0, 2)
+    config = {"num_warmup": num_warmup, "draws": production, "chains": problem.chains,
+              "compile_s": clock.seconds, "warmup_gradient_evals": spent,
+              "step_size_median": float(np.median(np.asarray(state.adapt_state.step_size))),
+              "mean_num_steps": float(sum(steps) / production)}
+    return Run("NUTS (numpyro)", samples, spent + float(sum(steps)), 0, wall, sample_s, config,
+               ["vectorized chains wait for the longest trajectory of the batch"])

@@ -88,3 +88,43 @@ def run_mala(problem: Problem, initial_step_size: float = 0.05) -> Run:
                {"warmup_steps": warm, "steps": prod, "chains": problem.chains,
                 "median_step_size": step,
                 "accept_prob": float(trace.stats["accept_prob"].mean())})
+
+
+def run_flowmc_steps(problem: Problem, warmup: int, production: int,
+                     config: FlowMCConfig = FlowMCConfig()) -> Run:
+    """FlowMC for ``warmup`` cycles (step sizes tuned, flow trained) then ``production`` cycles,
+    one draw per cycle; no budget. Eager torch: nothing is compiled, so ``compile_s`` is 0."""
+    torch.manual_seed(problem.seed)
+    generator = torch.Generator().manual_seed(problem.seed)
+    flow = make_flow(problem.dim, "realnvp", transforms=config.transforms, hidden=config.hidden)
+    kernel = samplers.FlowMC(problem.target.log_prob, flow, n_local=config.n_local,
+                             global_move=config.global_move, n_particles=config.n_particles,
+                             flow_lr=config.flow_lr, batch_size=config.batch_size,
+                             local_step_size=config.local_step_size)
+    free_per_cycle = config.n_particles if config.global_move == "isir" else 1
+    start = time.perf_counter()
+    trace = samplers.sample(kernel, problem.x0, production, warmup=warmup, progress=False,
+                            generator=generator)
+    wall = time.perf_counter() - start
+    cycles = warmup + production
+    stats = {k: float(v.float().nanmean()) for k, v in trace.stats.items()
+             if k in ("local_accept_prob", "global_accept_prob", "isir_ess")}
+    return Run("FlowMC (ours)", trace.samples.numpy(), 1 + cycles * (config.n_local + 1),
+               cycles * free_per_cycle, wall, trace.wall_time,
+               {**asdict(config), "warmup_cycles": warmup, "cycles": production,
+                "chains": problem.chains, "compile_s": 0.0, **stats})
+
+
+def run_mala_steps(problem: Problem, warmup: int, production: int,
+                   initial_step_size: float = 0.05) -> Run:
+    """MALA for ``warmup`` tuning steps then ``production`` steps; no budget; eager torch."""
+    generator = torch.Generator().manual_seed(problem.seed)
+    start = time.perf_counter()
+    trace = samplers.sample(samplers.MALA(problem.target.log_prob, initial_step_size), problem.x0,
+                            production, warmup=warmup, progress=False, generator=generator)
+    wall = time.perf_counter() - start
+    return Run("MALA (ours)", trace.samples.numpy(), 1 + warmup + production, 0, wall,
+               trace.wall_time,
+               {"warmup_steps": warmup, "steps": production, "chains": problem.chains,
+                "median_step_size": float(trace.state.step_size.median()), "compile_s": 0.0,
+                "accept_prob": float(trace.stats["accept_prob"].mean())})

@@ -54,3 +54,27 @@ def run_langevin(problem: Problem, mala_step_size: float) -> Run:
                {"step_size": step_size, "burn_in": burn, "steps": problem.budget - burn,
                 "chains": problem.chains},
                ["unadjusted: no MH correction, biased by its step size"])
+
+
+def run_langevin_steps(problem: Problem, mala_step_size: float, burn: int,
+                       production: int) -> Run:
+    """``burn + production`` Langevin steps at a tenth of MALA's step; the first ``burn``
+    dropped; eager torch (``compile_s`` 0)."""
+    from torchebm.core import BaseModel
+    from torchebm.samplers import LangevinDynamics
+
+    class Energy(BaseModel):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -problem.target.log_prob(x)
+
+    step_size = STEP_FRACTION * mala_step_size
+    sampler = LangevinDynamics(Energy(), step_size=step_size, noise_scale=1.0)
+    generator = torch.Generator().manual_seed(problem.seed)
+    start = time.perf_counter()
+    path = sampler.sample(x=problem.x0.clone(), n_steps=burn + production,
+                          return_trajectory=True, generator=generator)
+    wall = time.perf_counter() - start
+    return Run("ULA (torchebm)", path[:, burn:].numpy(), burn + production, 0, wall, None,
+               {"step_size": step_size, "burn_in": burn, "steps": production,
+                "chains": problem.chains, "compile_s": 0.0},
+               ["unadjusted: no MH correction, biased by its step size"])
