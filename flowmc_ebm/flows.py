@@ -10,8 +10,9 @@ A flow here is a zuko :class:`~zuko.lazy.Flow`: an ``nn.Module`` whose call ``fl
   default, so sampling costs ``D`` sequential passes; a proposal needs fast sampling *and* fast
   density evaluation, which coupling gives. For splines we use our own coupling flow
   (`flowmc_ebm.spline`): at d = 32 and 1024 points on CPU zuko's ``NSF(passes=2)`` costs
-  ~30x RealNVP per sample + log-density, ours ~2-2.6x, and ~4x per training step
-  (docs/results_flows.md);
+  ~30x RealNVP per sample + log-density; ours, eager, ~2.5x, and ~3-3.7x per training step;
+  with ``compiled=True`` (``torch.compile``, tens of seconds of compilation first) ~2x both
+  (docs/results_flows.md has the measurements and the load they were made under);
 - near-identity initialization, so the untrained flow *is* its base and early global moves are
   harmless.
 
@@ -67,8 +68,8 @@ def make_flow(
         base_scale: Standard deviation of the isotropic Gaussian base.
         identity_init: Zero the last layer of every conditioner so the flow starts as the
             identity map (its density equals the base's).
-        **kwargs: Passed to the flow's constructor (e.g. ``bins``, ``bound``, ``slope`` for
-            ``"nsf"``, ``activation``, ``randmask`` for the coupling flows, ``randperm`` for
+        **kwargs: Passed to the flow's constructor (e.g. ``bins``, ``bound``, ``slope``,
+            ``compiled`` for ``"nsf"``, ``activation``, ``randmask`` for the coupling flows, ``randperm`` for
             ``"maf"``).
 
     Returns:
