@@ -355,9 +355,11 @@ def long_methods(length: Long = LONG) -> tuple[Method, ...]:
 
 
 def run_long_problem(problem: Problem, methods: tuple[Method, ...], folder: Path,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = print, run_missing: bool = True
+                     ) -> dict[str, Any]:
     """Every method on ``problem``, one JSON per method in ``folder`` (kept if already there, so
-    an interrupted run resumes where it stopped)."""
+    an interrupted run resumes where it stopped; with ``run_missing=False`` only those are read
+    and a missing one is left out)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     skipped, failed = [], []
@@ -370,6 +372,8 @@ def run_long_problem(problem: Problem, methods: tuple[Method, ...], folder: Path
             else:
                 (skipped if saved["kind"] == "skipped" else failed).append(saved["row"])
             log(f"  {method.label}: read {path}")
+            continue
+        if not run_missing:
             continue
         reason = method.unavailable()
         if reason is not None:
@@ -403,7 +407,7 @@ def run_long_problem(problem: Problem, methods: tuple[Method, ...], folder: Path
             "rows": ordered, "skipped": skipped, "failed": failed}
 
 
-LONG_KEYS = ("mode_weight_error", "max_rhat", "mode_indicator_max_rhat", "ess_mode_per_s",
+LONG_KEYS = ("mode_weight_error", "max_rhat", "mode_indicator_max_rhat", "ess_mode", "ess_mode_per_s",
              "ess_mode_per_s_excl_compile", "ess_coord_per_s", "ess_coord_per_s_excl_compile",
              "wall_s", "compile_s", "chains_that_changed_mode")
 
@@ -430,14 +434,15 @@ def long_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def long_markdown(summary_rows: list[dict[str, Any]]) -> str:
     """The headline table: per problem and method, means over seeds."""
     lines = ["| target | method | seeds | weight error: mean (worst) | max R̂: mean (worst) | "
-             "ESS/s mode | ESS/s mode, compilation excluded | ESS/s coords | "
+             "ESS mode | ESS/s mode | ESS/s mode, compilation excluded | ESS/s coords | "
              "ESS/s coords, compilation excluded | wall s | of which compilation s | "
-             "chains that hopped |", "|---" * 12 + "|"]
+             "chains that hopped |", "|---" * 13 + "|"]
     for r in summary_rows:
         lines.append(
             f"| {r['problem']} | {r['method']} | {r['seeds']} | {r['mode_weight_error']:.4f} "
             f"({r['worst_mode_weight_error']:.4f}) | {r['max_rhat']:.3f} ({r['worst_max_rhat']:.3f}) | "
-            f"{_fmt(r['ess_mode_per_s'])} | {_fmt(r['ess_mode_per_s_excl_compile'])} | "
+            f"{_fmt(r['ess_mode'], '.0f')} | {_fmt(r['ess_mode_per_s'])} | "
+            f"{_fmt(r['ess_mode_per_s_excl_compile'])} | "
             f"{_fmt(r['ess_coord_per_s'])} | {_fmt(r['ess_coord_per_s_excl_compile'])} | "
             f"{r['wall_s']:.1f} | {_fmt(r['compile_s'], '.1f')} | "
             f"{_fmt(r['chains_that_changed_mode'], '.0%')} |")
@@ -456,7 +461,9 @@ def main_long(args: argparse.Namespace) -> dict[str, Any]:
     for seed in args.seeds:
         for problem in make_problems(mode, seed, two_modes=not args.no_two_modes):
             print(f"{problem.name} (d = {problem.dim}, seed {seed}):", flush=True)
-            results.append(run_long_problem(problem, methods, folder))
+            results.append(run_long_problem(problem, methods, folder,
+                                            run_missing=not args.report_only))
+    results = [r for r in results if r["rows"] or r["skipped"] or r["failed"]]
     rows = long_summary(results)
     report = {"benchmark": "sampling_peers", "mode": "long", "length": dataclasses.asdict(length),
               "command": " ".join([os.path.relpath(sys.executable), "-m", "bench.sampling_peers",
@@ -494,6 +501,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              f"chain, {LONG.chains} chains, d = {LONG.dims} (one JSON per target, "
                              "seed and method under OUT/sampling_peers_long/, reused if present)")
     parser.add_argument("--production", type=int, help="--long: production draws per chain")
+    parser.add_argument("--report-only", action="store_true",
+                        help="--long: tables from the JSONs already written; run nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.long:
