@@ -49,7 +49,8 @@ from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm.training import JointTrainer
 from flowmc_ebm.training.tilts import TILTS
 
-__all__ = ["CHAIN_CHECK_STEPS", "FlowMCEBM", "LogNormalizer", "UnreliableNormalizerWarning", "importance_log_normalizer"]
+__all__ = ["CHAIN_CHECK_STEPS", "FlowMCEBM", "LogNormalizer", "UnreliableNormalizerWarning",
+           "importance_log_normalizer"]
 
 #: `TrainerConfig` fields the estimator sets from its own parameters (not via ``trainer_options``).
 _OWN_KNOBS = ("pool_size", "batch_size", "n_negatives", "mcmc_steps", "lr_energy", "lr_flow",
