@@ -286,11 +286,12 @@ def coverage(args):
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     groups, per = 50, 8
-    for d in (2, 10, 50):
+    for d in args.dims:
         centers = _place(d, [[6, 0], [-6, 0], [0, 6]])
         target = DiagMixture(f"equal_{d}d", centers, torch.ones(3, d), [0.5, 0.3, 0.2])
         g = torch.Generator().manual_seed(100 + d)
-        n = groups * per if d < 50 else 16
+        grouped = d < 50 or args.groups_50d
+        n = groups * per if grouped else 16
         kernel = samplers.ParallelTempering(target, reference(d), **(
             {"adapt_reference": False} if args.fixed_reference else {}))
         t = time.perf_counter()
@@ -302,7 +303,7 @@ def coverage(args):
         res = {"chains": n, "K": kernel.n_replicas, "barrier": kernel.barrier, "wall_s": wall,
                "log_z": log_z, "se": se, "z": log_z / se, "is_log_z": is_z, "is_se": is_se,
                "fixed_reference": bool(args.fixed_reference)}
-        if d < 50:
+        if grouped:
             est = [kernel.log_normalizer(chains=slice(i * per, (i + 1) * per)) for i in range(groups)]
             z = np.array([e / s for e, s in est])
             res.update({"groups": groups, "chains_per_group": per,
@@ -313,6 +314,8 @@ def coverage(args):
         results[f"d{d}"] = res
         print(d, res, flush=True)
         name = "log_z_coverage_fixed_reference.json" if args.fixed_reference else "log_z_coverage.json"
+        if args.dims != [2, 10, 50]:
+            name = name.replace(".json", "_d" + "_".join(map(str, args.dims)) + ".json")
         (out / name).write_text(json.dumps(results, indent=1))
 
 
@@ -332,6 +335,11 @@ def main():
     p.add_argument("--fixed-reference", action="store_true",
                    help="PT from the given reference only (adapt_reference=False): the old default")
     p.add_argument("--coverage", action="store_true")
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 10, 50],
+                   help="--coverage: the dimensions (other than 2 10 50: its own file)")
+    p.add_argument("--groups-50d", action="store_true",
+                   help="--coverage: 50 groups of 8 ladders in d = 50 too (default there: one run "
+                        "of 16 chains)")
     p.add_argument("--quick", action="store_true", help="one seed, few steps, two targets")
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -15,8 +15,11 @@ Settings: the library's defaults (5 temperatures up to T = 5, ``n_tempered_steps
 RQSpline flow (32, 32) hidden units, learning rate 1e-3, step-size adaptation on) but what the
 bundle requires (``n_local_steps = n_global_steps``, loops, ``n_epochs = 5``) and the minibatch,
 1000 as in `bench.peers.flowmc_jax` (its default 10000 would give one optimizer step per epoch on
-our chains). Loops: per-chain budget / 75 between 10 and 40, half training (the rule of
-`bench.peers.flowmc_jax`).
+our chains). Loops: 10, half training, the fewest of `bench.peers.flowmc_jax`'s rule (per-chain
+budget / 75 between 10 and 40), for wall time: flowMC 0.6.4's PT strategy wraps its step in a
+fresh ``eqx.filter_jit`` at every call (not profiled further); a 4-chain, 4-loop run took 115 s on
+the loaded machine, and with 40 loops the first target and seed (all five methods) had not finished
+after 10 minutes.
 
 Target evaluations per chain and loop, derived from the source (a value or value+gradient counts
 one) and checked against a ``jax.debug.callback`` counter on a small run (`count_check`):
@@ -43,7 +46,7 @@ class FlowMCPTConfig:
     chains: int = 128
     loops_per_eval: float = 1 / 75  # loops per per-chain target evaluation, clamped below
     min_loops: int = 10
-    max_loops: int = 40
+    max_loops: int = 10  # every loop recompiles (see above)
     n_epochs: int = 5
     batch_size: int = 1000
     n_temperatures: int = 5  # flowMC's default
