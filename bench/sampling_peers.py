@@ -21,6 +21,15 @@ Run from the repository root (``bench`` is imported as a package)::
     .venv-bench/bin/python -m bench.sampling_peers --quick   # < 5 min on 2 cores
     .venv-bench/bin/python -m bench.sampling_peers           # d = 16, 32, 64; longer
 
+    .venv-bench/bin/python -m bench.sampling_peers --long --seeds 0 1 2   # issue #19's headline
+    .venv-bench/bin/python -m bench.sampling_peers --long --report-only --seeds 0 1 2
+
+``--long`` drops the budget: every method keeps 20 000 production draws per chain (64 chains,
+TwoModes and d = 16, 32) after its own warm-up, flowMC (JAX) at its library defaults, and blackjax's
+MALA joins; JAX's compilation time is measured (``bench/peers/jax_clock.py``) so ESS/s is given with
+and without it. It writes one JSON per target, seed and method under
+``OUT/sampling_peers_long/`` (reused when present) and the tables ``sampling_peers_long.{json,md}``.
+
 Writes ``sampling_peers_{quick,full}.json`` and ``.md`` (the tables) into ``--out``. Peers whose
 packages are missing are skipped with the reason; a peer that fails is recorded with its error.
 """
