@@ -285,3 +285,29 @@ def test_no_false_alarm_and_right_weights_on_non_gaussian_modes(seed):
     # Both modes found; the curved one may come out as two basins (seed 2: 3 of 1024 starts
     # stopped elsewhere on the banana's ridge), which must not raise a false alarm either.
     assert messages == [] and kernel.basins.n >= 2
+
+
+def test_path_components_from_one_backward_match_separate_gradients():
+    """`TemperedPath.components` takes both gradients from one backward pass (two leaves); they
+    must be each density's own gradient, and `PathMALA.step_with`'s extra rows (the fresh
+    reference draws) must get the components there. (Summing the two densities on one leaf, the
+    obvious wrong shortcut, gives gt = gr = their sum: this test fails on it.)"""
+    from samplers._checks import evaluate
+    from samplers.tempered_path import PathMALA, TemperedPath
+
+    target = Mixture([[3.0, 0.0], [-3.0, 1.0]], [0.7, 1.3], [0.4, 0.6])
+    path = TemperedPath(target, broad(2))
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3
+    lt, lr, gt, gr = path.components(x, True)
+    lt0, gt0 = evaluate(target, x, True)
+    lr0, gr0 = evaluate(path.ref_log_prob, x, True)
+    for a, b in ((lt, lt0), (lr, lr0), (gt, gt0), (gr, gr0)):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(gt, gr)
+    kernel = PathMALA(path, 0.1)
+    path.row_beta = torch.full((7,), 0.5, dtype=torch.float64)
+    state = kernel.init(x)
+    extra = x.flip(0) + 1.0
+    _, _, at_extra = kernel.step_with(state, torch.Generator().manual_seed(0), extra)
+    for a, b in zip(at_extra, path.components(extra, True), strict=True):
+        torch.testing.assert_close(a, b)
