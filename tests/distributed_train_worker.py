@@ -2,9 +2,9 @@
 `JointTrainer.fit` data-parallel (gloo); rank 0 writes what it measured as JSON. Not a test
 module itself.
 
-    distributed_train_worker.py checks OUT.json CKDIR P1 P2   `flowmc-ebm train` (into
-                                                          CKDIR/../cli, then failing), one step
-                                                          + a 50-iteration run
+    distributed_train_worker.py checks OUT.json CKDIR P1 P2 P3   `flowmc-ebm train` (into
+                                                          CKDIR/../cli, resumed there, then
+                                                          failing), one step + a 50-iteration run
     distributed_train_worker.py kill OUT.json CKDIR K     50 iterations, rank 1 dies at K
                                                           (resumes from CKDIR if it holds a run)
 """
@@ -37,6 +37,8 @@ CLI_TRAIN = ["train", "--target", "two_modes", "--sampler", "flowmc", "--iterati
              "--set", "trainer.eval_every=0", "--set", "model.energy_hidden=[16]",
              "--set", "model.flow_hidden=[8]", "--set", "trainer.n_particles=4",
              "--set", "n_data=64", "--no-progress"]
+#: The length the command's run is resumed to.
+CLI_RESUMED_ITERATIONS = 20
 
 
 def make_trainer(**knobs):
@@ -136,27 +138,30 @@ def new_rendezvous(port):
     os.environ["MASTER_PORT"] = str(port)
 
 
-def train_command(out, port):
+def train_command(out, ports):
     """`flowmc-ebm train` run by torchrun's processes before any group exists (the command makes
-    and destroys its own): once into ``out``, once into a path rank 0 cannot make a directory
-    of (a file), which only rank 0 finds out."""
+    and destroys its own): into ``out``, then resumed there up to `CLI_RESUMED_ITERATIONS`, then
+    into a path rank 0 cannot make a directory of (a file), which only rank 0 finds out."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     code = cli.main([*CLI_TRAIN, "--out", out])
     after = dist.is_initialized()
+    new_rendezvous(ports[0])
+    resumed = cli.main([*CLI_TRAIN, "--out", out, "--resume",
+                        "--iterations", str(CLI_RESUMED_ITERATIONS)])
     blocked = Path(out).parent / "a-file"
     blocked.touch()
-    new_rendezvous(port)
+    new_rendezvous(ports[1])
     failed = cli.main([*CLI_TRAIN, "--out", str(blocked)])
-    return {"cli_code": code, "cli_group_left": after, "cli_failed_code": failed,
-            "cli_failed_group_left": dist.is_initialized()}
+    return {"cli_code": code, "cli_group_left": after, "cli_resumed_code": resumed,
+            "cli_failed_code": failed, "cli_failed_group_left": dist.is_initialized()}
 
 
 def main(mode, out, directory, *rest):
     torch.set_num_threads(1)
     command = {}
     if mode == "checks":
-        command = train_command(str(Path(directory).parent / "cli"), rest[0])
-        new_rendezvous(rest[1])
+        command = train_command(str(Path(directory).parent / "cli"), rest[:2])
+        new_rendezvous(rest[2])
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     result = {"world": dist.get_world_size(), "cli": gather(command)}
     if mode == "checks":

@@ -4,6 +4,7 @@ and a 50-iteration run that the checks below compare with single-process emulati
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from flowmc_ebm.trainer import JointTrainer
 from flowmc_ebm.training import parallel
 from samplers.distributed import rank_generator, shard_bounds
 from tests.distributed_train_worker import (
+    CLI_RESUMED_ITERATIONS,
     CLI_TRAIN,
     ITERATIONS,
     make_data,
@@ -44,7 +46,7 @@ def start_torchrun(*args, nproc=2):
     return Launch(subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
          str(nproc), str(WORKER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, cwd=ROOT))
+        text=True, env=env, cwd=ROOT, start_new_session=True))
 
 
 class Launch:
@@ -57,8 +59,8 @@ class Launch:
     def wait(self, timeout):
         try:
             self.stdout, self.stderr = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        except subprocess.TimeoutExpired:  # torchrun and its workers: their process group
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.communicate()
             raise
         self.returncode = self.process.returncode
@@ -82,7 +84,7 @@ def launch(tmp_path_factory):
     the single-process emulations they are compared with."""
     tmp = tmp_path_factory.mktemp("dist_train")
     run = start_torchrun("checks", str(tmp / "result.json"), str(tmp / "checkpoints"),
-                         *free_ports(2))
+                         *free_ports(3))
     try:
         emulations = {"worker": emulate(), **emulate_command()}
     finally:
@@ -110,14 +112,15 @@ def command_config():
 
 
 def emulate_command():
-    """The command's run emulated for 2 ranks and for 1 (what a plain process computes)."""
+    """The command's run, resumed, emulated for 2 ranks and for 1 (what a plain process
+    computes)."""
     config = command_config()
     _, data = target_draws(config)
     out = {}
     for world in (1, 2):
         trainer = JointTrainer.from_config(2, config.sampler, config.model, config.trainer)
         out[f"command_world{world}"] = emulate_trainer(trainer, data, world,
-                                                       config.n_iterations)
+                                                       CLI_RESUMED_ITERATIONS)
     return out
 
 
@@ -236,21 +239,26 @@ def load(directory):
     return parallel.load(latest_checkpoint(directory), energy=fresh.energy, flow=fresh.flow)
 
 
-def test_the_train_command_under_torchrun_trains_data_parallel_and_rank0_writes(launch):
+def test_the_train_command_under_torchrun_trains_data_parallel_resumes_and_rank0_writes(launch):
     r, directory, emulations = launch
     out = directory.parent / "cli"
     assert [c["cli_code"] for c in r["cli"]] == [0, 0]
+    assert [c["cli_resumed_code"] for c in r["cli"]] == [0, 0]
     assert not any(c["cli_group_left"] for c in r["cli"])  # the command destroyed its group
     for name in ["config.json", "history.json", "summary.json", "landscape.png"]:
         assert (out / name).is_file(), name
     assert r["stdout"].count(f"10 iterations -> {out}\n") == 1  # rank 0 alone prints
-    assert r["stdout"].count("flowmc-EBM: weight") == 1
+    assert r["stdout"].count(f"20 iterations -> {out}\n") == 1
+    assert r["stdout"].count("flowmc-EBM: weight") == 2  # the run and its resumption
     saved = parallel.load(latest_checkpoint(out / "checkpoints"))
-    assert saved.iteration_ == 10 and saved._parallel_state["world"] == 2
-    # The whole pool, and the parameters, of a single-process emulation of 2 ranks (float32:
-    # a few ulps apart); a plain one-process run is ~1e-2 away, so this tells them apart.
+    assert saved.iteration_ == CLI_RESUMED_ITERATIONS and saved._parallel_state["world"] == 2
+    assert r["stdout"].count(f"resuming from {out / 'checkpoints'}/iter-000010.pt") == 1
+    # The whole pool, and the parameters, of a single-process emulation of 2 ranks for the 20
+    # iterations (float32: a few ulps apart), so the resume at 10 continued exactly; a plain
+    # one-process run is ~1e-2 away, so this tells them apart.
     saved_config = json.loads((out / "config.json").read_text())
-    assert RunConfig.from_dict(saved_config) == command_config()  # what was emulated
+    assert RunConfig.from_dict(saved_config) == command_config().replace(
+        {"iterations": CLI_RESUMED_ITERATIONS})  # what was emulated
     want, want_pool, _ = emulations["command_world2"]
     got = params(saved).double()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
