@@ -371,10 +371,13 @@ def merge(paths: list[str], out: Path) -> dict[str, Any]:
                 row["mode_weight_sq_error"] = float(np.sum((est - truth) ** 2))
                 row["truth_var"] = float(np.sum(truth * (1 - truth)))
     table = summary(runs)
-    report = {**parts[0], "command": [p["command"] for p in parts],
-              "load_average": [p["load_average"] for p in parts],
-              "total_s": [p["total_s"] for p in parts], "summary": table, "runs": runs,
-              "merged_from": paths}
+    def flat(key: str) -> list[Any]:  # a part may itself be a merge (its entries are lists)
+        return [v for p in parts for v in (p[key] if "merged_from" in p else [p[key]])]
+
+    report = {**parts[0], "command": flat("command"), "load_average": flat("load_average"),
+              "total_s": flat("total_s"), "summary": table, "runs": runs,
+              "merged_from": [v for p in parts for v in p.get("merged_from", [])] or paths,
+              "summary_recomputed_by": " ".join(["python -m bench.tempering_peers --merge", *paths])}
     out.mkdir(parents=True, exist_ok=True)
     (out / "tempering_peers.json").write_text(json.dumps(json_safe(report), indent=1))
     (out / "tempering_peers.md").write_text(markdown(table))
