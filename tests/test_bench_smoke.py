@@ -139,9 +139,13 @@ def test_ebflow_step_benchmark_times_every_objective_on_the_given_device():
 def test_flow_cost_benchmark_times_every_flow_and_call_with_ratios_from_one_run():
     from bench import flow_cost
 
-    case = flow_cost.bench_case(4, 16, rounds=1, flows=flow_cost.FLOWS)
+    # spline_compiled is left out: its Inductor compilation costs minutes on 2 cores, and the
+    # compiled spline's agreement with the eager one is tests/test_spline.py's (slow) job.
+    flows = tuple(f for f in flow_cost.FLOWS if f != "spline_compiled")
+    assert set(flows) == {"realnvp", "zuko_nsf", "spline"}
+    case = flow_cost.bench_case(4, 16, rounds=1, flows=flows)
     assert case["rounds"] == 1
-    for name in flow_cost.FLOWS:
+    for name in flows:
         assert set(case["seconds"][name]) == set(flow_cost.CALLS)
         assert all(t > 0 for t in case["seconds"][name].values())
     assert set(case["ratio_to_realnvp"]) == {"zuko_nsf", "spline"}

@@ -296,3 +296,24 @@ def test_a_rank_killed_mid_run_stops_the_job_and_the_run_resumes_from_its_checkp
                                rtol=0, atol=1e-9)
     torch.testing.assert_close(torch.tensor(r["pool"], dtype=torch.float64), emulated[1],
                                rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_command_module_itself(tmp_path):
+    # The entry point users launch (`torchrun ... -m flowmc_ebm.cli train`), not cli.main from
+    # a worker: the group is the command's own, from torchrun's environment.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m", "flowmc_ebm.cli", *CLI_TRAIN,
+                          "--out", str(out)], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stdout.count("flowmc-EBM: weight") == 1
+    saved = parallel.load(latest_checkpoint(out / "checkpoints"))
+    config = command_config()
+    _, data = target_draws(config)
+    trainer = JointTrainer.from_config(2, config.sampler, config.model, config.trainer)
+    want, want_pool, _ = emulate_trainer(trainer, data, 2, config.n_iterations)
+    torch.testing.assert_close(params(saved).double(), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(saved.pool_.double(), want_pool, rtol=0, atol=1e-5)
