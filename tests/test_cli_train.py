@@ -37,6 +37,22 @@ def test_train_writes_checkpoint_history_summary_and_figures(tmp_path, capsys):
     assert JointTrainer.load(out / "checkpoints" / "last.pt").iteration_ == 20
 
 
+def test_a_target_above_2d_gets_a_pair_plot_and_no_figures_means_none(tmp_path):
+    import matplotlib.image
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--target", "high_dim", "--set", "target_options.dim=3",
+                     "--sampler", "ula", "--iterations", "4", "--out", str(out), *TINY]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["model.png"]
+    image = matplotlib.image.imread(out / "model.png")
+    assert image.shape[0] > 400 and image.shape[1] > 400  # a 3 x 3 grid, not an empty canvas
+    assert image[..., :3].std() > 0.05
+    quiet = tmp_path / "quiet"
+    assert cli.main(["train", "--target", "two_modes", "--sampler", "ula", "--iterations", "4",
+                     "--out", str(quiet), "--no-figures", *TINY]) == 0
+    assert not list(quiet.glob("*.png")) and (quiet / "summary.json").is_file()
+
+
 def test_resume_continues_and_an_existing_run_is_not_written_over(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--iterations", "10", "--out", str(out), *TINY]

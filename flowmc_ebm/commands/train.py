@@ -8,8 +8,10 @@ Output directory layout::
     OUT/checkpoints/last.pt  the newest of them
     OUT/history.json         per-iteration losses, acceptance, mode weights (NaN as null)
     OUT/summary.json         the last-quarter numbers (weight, error, acceptance, R̂, wall time)
-    OUT/landscape.png        the target's and the EBM's densities, with the persistent chains
-    OUT/weights.png          the EBM's weight of one mode against the iteration
+    OUT/landscape.png        2-D target: the target's and the EBM's densities, with the chains
+    OUT/weights.png          2-D target: the EBM's weight of one mode against the iteration
+    OUT/model.png            --data, or a target above 2-D: the model's samples (the chains)
+                             beside the data; a pair plot above 2-D (none with --no-figures)
 
 A directory that already holds a run is never written over: ``--resume`` continues it from the
 newest checkpoint that reads (a truncated or corrupt newer one is named on stderr and skipped).
@@ -94,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run saved in --out (its config; the length may change)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="write no figures (landscape.png, weights.png, model.png)")
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
@@ -144,7 +148,7 @@ def write_json(path: Path, value: Any) -> None:
 def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = False,
               progress: bool = True, snapshot_chains: int = 128,
               callbacks: tuple[Callable, ...] = (), data: Any = None,
-              device: Any = None) -> tuple[JointTrainer, dict[str, Any]]:
+              device: Any = None, figures: bool = True) -> tuple[JointTrainer, dict[str, Any]]:
     """One training run from a config, end to end, with its summary (and files under ``out``).
 
     Args:
@@ -157,6 +161,9 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
         data: a `flowmc_ebm.commands.train.DataRun` to train on instead of the target's draws
             (no known weights then: the weight fields of the summary are NaN).
         device: where the networks live (default CPU).
+        figures: write the run's figures under ``out`` (a 2-D target: ``landscape.png`` and
+            ``weights.png``; data or a target in higher dimension: ``model.png``, the model's
+            samples beside the data, a pair plot above 2-D).
 
     Returns:
         ``(trainer, summary)``; the summary holds `last_quarter_summary`'s numbers, the true
@@ -171,7 +178,8 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
             checkpoints written before are good.
     """
     if out is None:
-        return _train(config, None, resume, progress, snapshot_chains, callbacks, data, device)
+        return _train(config, None, resume, progress, snapshot_chains, callbacks, data, device,
+                      figures)
     with contextlib.ExitStack() as lock:
         with parallel.agreement():  # under torchrun: every rank goes on, or none
             if resume and not out.is_dir():
@@ -181,12 +189,13 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
                 # The lock first: the checks below and every write after are then one process's.
                 lock.enter_context(RunLock(out))
                 sweep_leftovers(out)
-        return _train(config, out, resume, progress, snapshot_chains, callbacks, data, device)
+        return _train(config, out, resume, progress, snapshot_chains, callbacks, data, device,
+                      figures)
 
 
 def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
            snapshot_chains: int, callbacks: tuple[Callable, ...], data_run: Any = None,
-           device: Any = None) -> tuple[JointTrainer, dict[str, Any]]:
+           device: Any = None, figures: bool = True) -> tuple[JointTrainer, dict[str, Any]]:
     directory = out / CHECKPOINT.parent if out is not None else None
     with parallel.agreement():
         trainer, target, data, callbacks = _prepare(config, out, directory, resume, callbacks,
@@ -220,9 +229,9 @@ def _train(config: RunConfig, out: Path | None, resume: bool, progress: bool,
     if written is not None:
         write_json(out / "history.json", trainer.history_)
         write_json(out / "summary.json", summary)
-        if target is not None and target.dim == 2:
+        if figures and target is not None and target.dim == 2:
             write_figures(trainer, target, data, out, config.sampler, pool=pool)
-        elif data_run is not None:
+        elif figures:  # data from a file, or a target in higher dimension: a pair plot
             write_model_figure(trainer, data, out, data_run, pool=pool)
     return trainer, summary
 
@@ -379,7 +388,7 @@ def _run(args: argparse.Namespace, device: Any) -> int:
               f"-> {args.out}", flush=True)
     try:
         _, summary = train_run(config, args.out, resume=args.resume, progress=args.progress,
-                               data=data_run, device=device)
+                               data=data_run, device=device, figures=args.figures)
     except TrainingInterrupted as stop:
         if writer:
             print(f"flowmc-ebm train: {stop}; resume with: flowmc-ebm train --resume --out "

@@ -46,7 +46,8 @@ from _faults import count_writes, kill_in_write  # noqa: E402
 WALL_CLOCK = {"summary": ("wall_time", "wall_time_process", "resumptions"),
               "history": ("elapsed",)}
 
-# A 4-D target: no figures or quadrature (2-D only); R-hat comes from the chain snapshots.
+# A 4-D target, figures off (--no-figures: the campaign compares run files, not plots); no
+# quadrature (2-D only); R-hat comes from the chain snapshots.
 CONFIG = """
 target = "high_dim"
 sampler = "flowmc"
@@ -93,7 +94,7 @@ def same(a, b) -> bool:
 
 
 def _argv(config: Path, out: Path) -> list[str]:
-    base = ["train", "--config", str(config), "--out", str(out), "--no-progress"]
+    base = ["train", "--config", str(config), "--out", str(out), "--no-progress", "--no-figures"]
     return [*base, "--resume"] if (out / "config.json").exists() else base
 
 
