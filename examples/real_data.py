@@ -67,7 +67,6 @@ from flowmc_ebm.config import ModelConfig, TrainerConfig
 from flowmc_ebm.diagnostics import broad_reference, importance_mode_weights, mode_weights
 from flowmc_ebm.training import tilts
 from flowmc_ebm.training.joint import JointTrainer
-from flowmc_ebm.training.methods import Method, get_method
 
 UNPLACED = 0.8  # a draw whose top class probability is below this is "unplaced"
 EBMS = ("flowmc", "ula", "nt")
@@ -238,11 +237,10 @@ def run_ebm(method: str, problem: Problem, seed: int, args: argparse.Namespace, 
                            log_every=args.log_every, eval_every=0, lr_decay=args.lr_decay,
                            lr_decay_iterations=args.iterations, lr_final_factor=args.lr_final,
                            tilt=args.tilt if method != "nt" else "base",
-                           tilt_steps=args.tilt_steps)
+                           tilt_steps=args.tilt_steps,
+                           global_proposal=args.global_proposal if method == "flowmc" else "flow")
     start, cpu = time.perf_counter(), time.process_time()
     trainer = JointTrainer.from_config(dim, method, model=model, trainer=config)
-    if args.global_proposal == "tilt" and method == "flowmc":
-        trainer = tilt_proposal_trainer(trainer, data, config)
     ema = ParameterEMA(trainer.energy, args.ema, args.log_every)
     curve: list[tuple[int, dict]] = []
 
@@ -294,33 +292,6 @@ def run_ebm(method: str, problem: Problem, seed: int, args: argparse.Namespace, 
     result["global_accept"] = float(np.nanmean(glob)) if np.isfinite(glob).any() else None
     result["energy_gap"] = float(np.mean(h["energy_gap"][-q:]))
     return result
-
-
-def tilt_proposal_trainer(trainer: JointTrainer, data: Tensor,
-                          config: TrainerConfig) -> JointTrainer:
-    """The same networks and knobs, but flowMC's global moves (i-SIR) propose from the fitted tilt
-    instead of the sampler's flow.
-
-    Why: the EBM starts as its tilt and, with a data-fitted tilt, stays close to it (importance
-    sampling from the tilt keeps a Kish ESS above 90 % all run), so the tilt is a near-exact
-    independence proposal for the model, where the flow, trained on the sticky pool, is accepted
-    10-30 % of the time on digits. With few class changes per iteration the pool's class shares lag
-    the model's, and the contrastive gradient corrects the class weights of the *pool*, not of
-    the model; proposals from the tilt let the negatives change class every move.
-    """
-    lam = tilts.fit_tilt(config.tilt, data, seed=config.seed, model_config=trainer.model_config,
-                         steps=config.tilt_steps)
-
-    def kernel(log_prob, _flow, c) -> samplers.Kernel:
-        return samplers.FlowMC(log_prob, lam, local=samplers.MALA(log_prob, c.step_size),
-                               n_local=c.n_local, global_move=c.global_move, n_global=c.n_global,
-                               n_particles=c.n_particles, train=False)
-
-    base = get_method("flowmc")
-    method = Method("flowmc-tiltprop", kernel, moves_per_step=base.moves_per_step,
-                    acceptance=base.acceptance)
-    return JointTrainer(trainer.energy, trainer.flow, method, config,
-                        model_config=trainer.model_config, tilt=lam)
 
 
 def evaluate_ebm(model, trainer: JointTrainer, problem: Problem, seed: int,

@@ -30,6 +30,7 @@ import io
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ import torch
 
 from samplers.trace import _read_arrays, read_limit
 
-__all__ = ["SUFFIXES", "Standardization", "read_points"]
+__all__ = ["SUFFIXES", "DataRun", "Standardization", "read_data", "read_points"]
 
 #: File kinds `read_points` reads.
 SUFFIXES = (".npy", ".npz", ".csv")
@@ -278,3 +279,27 @@ class Standardization:
 
     def __repr__(self) -> str:
         return f"Standardization(dim={self.dim}, columns={self.names}, source={self.source!r})"
+
+
+@dataclass
+class DataRun:
+    """``--data``: the standardized rows (float32) and their `Standardization`."""
+
+    points: torch.Tensor
+    standardization: Any
+
+
+def read_data(args: Any) -> DataRun | None:
+    """``flowmc-ebm train``'s ``--data``, ``--columns``, ``--data-key`` (``args``) as a
+    `DataRun`, or None without ``--data``."""
+    if args.data is None:
+        if args.columns is not None or args.data_key is not None:
+            raise ValueError(f"{'--columns' if args.columns else '--data-key'} applies to "
+                             "--data FILE")
+        return None
+    try:
+        x, names = read_points(args.data, args.columns, key=args.data_key)
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"--data {err}") from None
+    std = Standardization.fit(x, names, str(args.data))
+    return DataRun(torch.as_tensor(std.transform(x), dtype=torch.float32), std)

@@ -11,6 +11,7 @@ import pytest
 import flowmc_ebm
 import samplers
 from flowmc_ebm.cli import main
+from flowmc_ebm.commands import load_model
 from flowmc_ebm.data import Standardization, read_points
 from flowmc_ebm.targets import TARGETS
 
@@ -111,6 +112,20 @@ def test_train_on_a_csv_then_sample_the_model_in_data_units_then_diagnose(tmp_pa
     assert (run / "model.png").stat().st_size > 0
     summary = __import__("json").loads((run / "summary.json").read_text())
     assert summary["data"] == str(csv) and summary["config"]["n_data"] == 200
+    # Data a user brings: the estimator's defaults (mixture tilt, global moves from it) ...
+    trainer_config = summary["config"]["trainer"]
+    assert (trainer_config["tilt"], trainer_config["flowmc"]["global_proposal"]) == ("gmm", "tilt")
+    model = load_model(run)
+    # ... and importance sampling proposes from that tilt, in data units (near (12, -4), not 0).
+    assert model.proposal is not model.flow
+    assert abs(float(model.proposal.sample((2000,)).mean(0)[0]) - 12.0) < 0.5
+    chosen = tmp_path / "chosen"
+    assert main(["train", "--data", str(csv), "--columns", "h,w", *TINY_TRAIN, "--iterations",
+                 "1", "--set", "trainer.tilt=base", "--no-figures", "--out", str(chosen)]) == 0
+    chosen_config = __import__("json").loads((chosen / "config.json").read_text())["trainer"]
+    assert (chosen_config["tilt"], chosen_config["flowmc"]["global_proposal"]) == ("base", "flow")
+    chosen_model = load_model(chosen)
+    assert chosen_model.proposal is chosen_model.flow
     out = tmp_path / "s"
     assert main(["sample", "--model", str(run), "--kernel", "mala", "--chains", "16",
                  "--steps", "5", "--warmup", "2", "--no-progress", "--out", str(out)]) == 0

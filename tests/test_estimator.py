@@ -154,8 +154,9 @@ def test_log_z_matches_the_exact_z_of_a_gaussian_energy_in_10d():
     L[:3] = 2.0 * torch.linalg.qr(torch.randn(dim, dim, generator=g))[0][:3]
     energy = QuadraticEnergy(L)
     data = torch.randn(512, dim, generator=g)
+    # tilt="base": the exact Z above is that of the N(0, s² I) tilt (the default fits a mixture).
     ebm = FlowMCEBM(energy=energy, base_scale=scale, n_iterations=30, pool_size=256,
-                    batch_size=128, flow_hidden=(32, 32), n_importance=40_000)
+                    batch_size=128, flow_hidden=(32, 32), n_importance=40_000, tilt="base")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnreliableNormalizerWarning)
         ebm.fit(data)
@@ -227,10 +228,10 @@ def _far_clusters(n: int = 256) -> np.ndarray:
 def test_tilt_is_a_validated_parameter_passed_to_the_trainer_and_kept_by_clone_and_pickle():
     ebm = FlowMCEBM(tilt="gmm", **TINY)
     assert ebm.get_params()["tilt"] == "gmm" and clone(ebm).tilt == "gmm"
-    assert FlowMCEBM(**TINY).get_params()["tilt"] == "base"  # the default leaves runs unchanged
+    assert FlowMCEBM(**TINY).get_params()["tilt"] == "auto"  # stored as given, resolved in fit
     assert clone(ebm).set_params(tilt="gaussian").tilt == "gaussian"
     X = _far_clusters()
-    with pytest.raises(ValueError, match="tilt must be one of base, gaussian, gmm, flow; "
+    with pytest.raises(ValueError, match="tilt must be one of auto, base, gaussian, gmm, flow; "
                                          "received 'mixture'"):
         FlowMCEBM(tilt="mixture", **TINY).fit(X)
     with pytest.raises(ValueError, match="tilt='gmm' with method='nt'"):
@@ -242,6 +243,25 @@ def test_tilt_is_a_validated_parameter_passed_to_the_trainer_and_kept_by_clone_a
         ebm.fit(X)
     tilt = ebm.trainer_.tilt
     assert ebm.trainer_.config.tilt == "gmm"
+    # With a tilt, flowMC's global moves propose from it, and importance sampling uses it
+    # (defended by the flow's base); trainer_options can restore the flow proposal.
+    assert ebm.trainer_.config.global_proposal == "tilt" and ebm.trainer_.kernel.flow is tilt
+    assert ebm._proposal()[0] is tilt
+    flow_prop = FlowMCEBM(tilt="gmm", trainer_options={"global_proposal": "flow"}, **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableNormalizerWarning)
+        flow_prop.fit(X)
+    assert flow_prop.trainer_.kernel.flow is flow_prop.flow_
+    assert flow_prop._proposal() == (flow_prop.flow_, flow_prop.trainer_.tilt)
+    # "auto" resolves to the mixture for flowMC-EBM and to the base for NT-EBM.
+    auto = {m: FlowMCEBM(method=m, **TINY) for m in ("flowmc", "nt")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreliableNormalizerWarning)
+        for est in auto.values():
+            est.fit(X)
+    assert auto["flowmc"].trainer_.config.tilt == "gmm"
+    assert auto["nt"].trainer_.config.tilt == "base"
+    assert auto["nt"].trainer_.config.global_proposal == "flow"
     # BIC finds the two clusters, with their 1 : 2 masses.
     probs = np.sort(tilt.mixture_distribution.probs.numpy())
     np.testing.assert_allclose(probs, [1 / 3, 2 / 3], atol=0.07)

@@ -168,6 +168,9 @@ class TrainedModel:
         flow: a copy of the trained flow, composed with the standardization so it proposes in
             data units (a zuko flow: `samplers.FlowMC` may go on training it).
         pool: the persistent chains, in data units.
+        proposal: the importance proposal in data units: the tilt for a run whose global moves
+            proposed from it (``trainer.global_proposal = "tilt"``: the flow then learned from
+            chains it did not move), else ``flow``.
     """
 
     path: Path
@@ -175,6 +178,7 @@ class TrainedModel:
     standardization: Any
     flow: Any
     pool: Any
+    proposal: Any = None
 
     @property
     def dim(self) -> int:
@@ -236,4 +240,9 @@ def load_model(run: str | Path, device: Any = "cpu", flag: str = "--model") -> T
         layers = getattr(flow.transform, "transforms", [flow.transform])
         flow = zuko.lazy.Flow([to_z, *layers], flow.base).to(device)
         pool = std.inverse_transform(pool)
-    return TrainedModel(path, trainer, std, flow, pool)
+    proposal = flow
+    if trainer.tilt is not None and trainer.config.global_proposal == "tilt":
+        tilt = trainer.tilt() if isinstance(trainer.tilt, zuko.lazy.Flow) else trainer.tilt
+        proposal = tilt if std is None else torch.distributions.TransformedDistribution(
+            tilt, torch.distributions.AffineTransform(mean, scale, event_dim=1))
+    return TrainedModel(path, trainer, std, flow, pool, proposal)

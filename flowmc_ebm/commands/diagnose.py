@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if model is not None:
         extra["log_prob"] = lambda x: model.log_prob(x.to(device)).cpu()
     if args.importance:
-        extra.update(proposal=model.flow.cpu(), n_importance=args.n_importance)
+        proposal = model.proposal  # the flow, or the tilt it was trained around (a CPU report)
+        extra.update(proposal=proposal.cpu() if hasattr(proposal, "cpu") else proposal,
+                     n_importance=args.n_importance)
         extra["log_prob"] = lambda x: model.log_prob(x.to(device)).cpu()
     result = report(trace, target=target, n_modes=args.n_modes, out=args.out, **extra)
     print(result.table())

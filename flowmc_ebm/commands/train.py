@@ -51,6 +51,7 @@ import torch
 from flowmc_ebm.checkpoint import LATEST, latest_checkpoint, list_checkpoints, point_latest
 from flowmc_ebm.commands import make_output_directory
 from flowmc_ebm.config import TARGETS, RunConfig, load_config, parse_overrides, sampler_names
+from flowmc_ebm.data import DataRun, read_data  # noqa: F401 - DataRun: the command's names
 from flowmc_ebm.evaluation import (
     ChainSnapshots,
     focus_mode,
@@ -122,6 +123,18 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
     return config.replace(overrides) if overrides else config
 
 
+def data_defaults(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``--data``: `flowmc_ebm.FlowMCEBM`'s defaults (the mixture tilt, flowMC's global moves
+    from it: real data's class weights within 0.03, `docs/results_real_data.md`), unless
+    ``--config`` or ``--set trainer.tilt`` chose otherwise, or the sampler is NT-EBM."""
+    chosen = {key.rsplit(".", 1)[-1] for key in parse_overrides(args.set)}  # flat or grouped
+    if args.config is not None or config.sampler == "nt" or "tilt" in chosen:
+        return config
+    proposal = ({"trainer.global_proposal": "tilt"} if config.sampler == "flowmc"
+                and "global_proposal" not in chosen else {})
+    return config.replace({"trainer.tilt": "gmm", **proposal})
+
+
 def make_data(config: RunConfig) -> tuple[Any, torch.Tensor]:
     """The target and ``n_data`` exact draws from it (seeded by ``data_seed``)."""
     target = config.make_target()
@@ -158,7 +171,7 @@ def train_run(config: RunConfig, out: Path | None = None, *, resume: bool = Fals
         progress: progress bar.
         snapshot_chains: persistent chains followed for R̂.
         callbacks: more `JointTrainer` callbacks.
-        data: a `flowmc_ebm.commands.train.DataRun` to train on instead of the target's draws
+        data: a `flowmc_ebm.data.DataRun` to train on instead of the target's draws
             (no known weights then: the weight fields of the summary are NaN).
         device: where the networks live (default CPU).
         figures: write the run's figures under ``out`` (a 2-D target: ``landscape.png`` and
@@ -284,31 +297,6 @@ def _prepare(config: RunConfig, out: Path | None, directory: Path | None, resume
     return trainer, target, data.to(trainer.device), callbacks
 
 
-@dataclasses.dataclass
-class DataRun:
-    """``--data``: the standardized rows (float32) and their `Standardization`."""
-
-    points: torch.Tensor
-    standardization: Any
-
-
-def read_data(args: argparse.Namespace) -> DataRun | None:
-    """The ``--data`` file as a `DataRun`, or None without ``--data``."""
-    if args.data is None:
-        if args.columns is not None or args.data_key is not None:
-            raise ValueError(f"{'--columns' if args.columns else '--data-key'} applies to "
-                             "--data FILE")
-        return None
-    from flowmc_ebm.data import Standardization, read_points
-
-    try:
-        x, names = read_points(args.data, args.columns, key=args.data_key)
-    except (ValueError, FileNotFoundError) as err:
-        raise type(err)(f"--data {err}") from None
-    std = Standardization.fit(x, names, str(args.data))
-    return DataRun(torch.as_tensor(std.transform(x), dtype=torch.float32), std)
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """One line: weight mean ± sd, error, acceptance, R̂, wall time."""
     def f(key: str, spec: str) -> str:
@@ -378,6 +366,8 @@ def _run(args: argparse.Namespace, device: Any) -> int:
     if data_run is not None:  # epochs count passes over the file's rows
         args.n_rows = int(data_run.points.shape[0])
     config = resume_config(args) if args.resume else config_from_args(args)
+    if data_run is not None and not args.resume:
+        config = data_defaults(config, args)
     if data_run is not None and args.target is not None:
         raise ValueError("--data and --target are two sources of training points; pass one")
     source = config.target if data_run is None else (

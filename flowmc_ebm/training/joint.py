@@ -143,6 +143,9 @@ class JointTrainer:
         elif self.config.tilt != "base" and self.method.tilt is FlowTiltedEnergy:
             raise ValueError(f"trainer.tilt = {self.config.tilt!r}: the {self.method.name!r} "
                              f"method tilts by its own flow fitted to the data; use 'base'")
+        if self.config.global_proposal == "tilt" and tilt is None and self.config.tilt == "base":
+            raise ValueError("trainer.global_proposal = 'tilt' proposes from a fitted tilt; set "
+                             "trainer.tilt to 'gaussian', 'gmm' or 'flow' (it is 'base')")
         self.config.lr_factor(0)  # a decay without a length is refused here, not mid-run
         self.opt_energy = torch.optim.Adam(energy.parameters(), lr=self.config.lr_energy)
         self.opt_flow = torch.optim.Adam(flow.parameters(), lr=self.config.lr_flow)

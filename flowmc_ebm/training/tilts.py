@@ -62,7 +62,7 @@ def _check(data: Any) -> Tensor:
         raise ValueError(f"a tilt is fitted to floating-point data of shape (n, dim); received "
                          f"{shape}")
     if data.shape[0] < 2:
-        raise ValueError(f"a tilt needs at least 2 data points; received {data.shape[0]}")
+        raise ValueError(f"a tilt needs at least 2 data points; received n_samples = {data.shape[0]}")
     if not bool(torch.isfinite(data).all()):
         raise ValueError("a tilt cannot be fitted to data with NaN or infinite values")
     return data.detach()
@@ -102,7 +102,7 @@ def gmm_tilt(data: Tensor, n_components: int = 0, *, max_components: int = 10,
     data = _check(data)
     check_positive_int(n_components, "n_components (0: chosen by BIC)", minimum=0)
     x = data.double().cpu().numpy()
-    sizes = [n_components] if n_components else range(1, min(max_components, len(x) // 2) + 1)
+    sizes = [n_components] if n_components else range(1, max(1, min(max_components, len(x) // 2)) + 1)
     fits = [GaussianMixture(k, covariance_type="full", n_init=2, random_state=seed).fit(x)
             for k in sizes]
     best = min(fits, key=lambda g: g.bic(x))
@@ -250,7 +250,9 @@ def install(trainer: Any, tilt: Distribution | zuko.lazy.Flow) -> None:
                          f"{trainer.dim}-D model; received {tuple(event)}")
     trainer.tilt = tilt
     trainer.model = model
-    trainer.kernel = trainer.method.kernel(model.log_prob, trainer.flow, trainer.config)
+    # trainer.global_proposal = "tilt": the kernel's global moves propose from the tilt itself.
+    proposal = tilt if trainer.config.global_proposal == "tilt" else trainer.flow
+    trainer.kernel = trainer.method.kernel(model.log_prob, proposal, trainer.config)
     if trainer.method.name == "flowmc" and isinstance(tilt, zuko.lazy.Flow):
         try:
             trainer.flow.load_state_dict(tilt.state_dict())

@@ -34,6 +34,8 @@ TRAINER = {
     "global_move": (1, "must be a string; received 1",
                     "mh", "must be one of isir, imh; received 'mh'"),
     "n_particles": ("32", "must be an int; received '32'", 0, "must be >= 1; received 0"),
+    "global_proposal": (0, "must be a string; received 0",
+                        "data", "must be one of flow, tilt; received 'data'"),
     "step_size": ("small", "must be a number; received 'small'", 0.0,
                   "must be > 0.0; received 0.0"),
     "lr_energy": ("fast", "must be a number; received 'fast'", -0.01,
@@ -196,8 +198,8 @@ def test_every_field_has_a_row_and_the_defaults_are_valid():
         assert set(table) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
     assert RunConfig() == RunConfig.from_dict({})
     counts = {kind: len(list(cases(kind))) for kind in ("type", "range")}
-    assert counts == {"type": 40, "range": 38}
-    assert len(list(misspellings())) == 40
+    assert counts == {"type": 41, "range": 39}
+    assert len(list(misspellings())) == 41
 
 
 GROUPED = ('[trainer]\nseed = 2\n[trainer.flowmc]\nn_local = 9\nn_global = 1\n'
