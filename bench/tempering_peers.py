@@ -194,7 +194,8 @@ def score(run: Run, extra: dict[str, Any], target) -> dict[str, Any]:
         se = float(np.nanmax(mw.se)) if np.any(np.isfinite(mw.se)) else math.nan
     log_z = extra.get("log_z")
     return {"method": run.method, "mode_weight_sq_error": float(np.sum((est - truth) ** 2)),
-            "truth_var": float(np.sum(truth * (1 - truth))), "target_evals": run.logprob_evals, "wall_s": run.wall_s,
+            "truth_var": float(np.sum(truth * (1 - truth))), "target_evals": run.logprob_evals,
+            "wall_s": run.wall_s,
             "sample_s": run.sample_s, "mode_weights": est.tolist(),
             "mode_weight_error": float(np.max(np.abs(est - truth))), "mode_weight_se": se,
             "all_modes_visited": bool(np.all(est > 0)), "ess_mode": ess,

@@ -8,8 +8,8 @@ import torch
 import zuko
 from zuko.transforms import MonotonicRQSTransform
 
-from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm import spline as spline_module
+from flowmc_ebm.flows import base_distribution, make_flow
 from flowmc_ebm.spline import (
     SplineCouplingTransform,
     rq_coupling_spline,

@@ -56,8 +56,7 @@ class FlowMCPTConfig:
 def unavailable() -> str | None:
     """Why this peer cannot run here, or None."""
     try:
-        from flowMC.resource_strategy_bundle.RQSpline_MALA_PT import (  # noqa: F401
-            RQSpline_MALA_PT_Bundle)
+        from flowMC.resource_strategy_bundle.RQSpline_MALA_PT import RQSpline_MALA_PT_Bundle  # noqa: F401
     except ImportError as error:
         return f"flowMC's RQSpline_MALA_PT_Bundle not importable: {error}"
     return None
