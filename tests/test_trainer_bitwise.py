@@ -168,9 +168,11 @@ def test_fixed_seed_run_reproduces_the_recorded_numbers(case):
         if isinstance(want, str):
             assert got == want, f"{case}: {name} differs from the recorded run"
         else:
+            where = f"{case}: {name}"
             torch.testing.assert_close(torch.tensor(got, dtype=torch.float64),
                                        torch.tensor(want, dtype=torch.float64), rtol=0,
-                                       atol=ATOL.get(case, ATOL_DEFAULT), equal_nan=True, msg=lambda m: f"{case}: {name}: {m}")
+                                       atol=ATOL.get(case, ATOL_DEFAULT), equal_nan=True,
+                                       msg=lambda m, where=where: f"{where}: {m}")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
