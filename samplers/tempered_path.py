@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ._checks import (_check_output, check_gradient_path, check_initial, check_positions, evaluate,
-                      per_chain)
+from ._checks import _check_output, check_gradient_path, check_initial, check_positions, evaluate, per_chain
 from .adaptation import DualAveraging, StepSizeTuned
 from .base import Info, LogProb
 from .base import State as _State
