@@ -132,6 +132,11 @@ def test_train_on_a_csv_then_sample_the_model_in_data_units_then_diagnose(tmp_pa
     draws = samplers.Trace.load(out / "trace.npz").samples.reshape(-1, 2).numpy()
     # The chains start from the run's pool mapped back to data units, near the data, not 0.
     assert abs(draws[:, 0].mean() - 12.0) < 3.0 and abs(draws[:, 1].mean() + 4.0) < 3.0
+    # Parallel tempering on the model, from a reference twice the run's chains' spread (data units).
+    assert main(["sample", "--model", str(run), "--kernel", "pt", "--chains", "8", "--steps", "20",
+                 "--warmup", "10", "--no-progress", "--out", str(tmp_path / "pt")]) == 0
+    tempered = samplers.Trace.load(tmp_path / "pt" / "trace.npz").samples.reshape(-1, 2).numpy()
+    assert abs(tempered[:, 0].mean() - 12.0) < 3.0 and abs(tempered[:, 1].mean() + 4.0) < 3.0
     report = tmp_path / "report"
     assert main(["diagnose", str(out / "trace.npz"), "--n-modes", "2", "--model", str(run),
                  "--importance", "--n-importance", "2000", "--out", str(report)]) == 0
@@ -159,3 +164,21 @@ def test_one_version_for_both_packages_and_they_ship_type_hints():
     assert samplers.__version__ == flowmc_ebm.__version__ == metadata.version("flowmc-ebm")
     for package in (samplers, flowmc_ebm):
         assert (Path(package.__file__).parent / "py.typed").is_file()
+
+
+def test_sample_with_parallel_tempering_finds_every_mode_and_diagnose_draws_its_figure(tmp_path):
+    # Chains from N(0, 3² I) on the eight Gaussians: PT from the CLI's broad reference visits all
+    # eight modes within 150 steps, every chain changing mode (MALA, run the same way, leaves a
+    # mode unvisited and chains that never move: both checks fail for it).
+    out, report = tmp_path / "pt", tmp_path / "report"
+    assert main(["sample", "--target", "eight_gaussians", "--kernel", "pt", "--chains", "8",
+                 "--steps", "100", "--warmup", "50", "--no-progress", "--out", str(out)]) == 0
+    trace = samplers.Trace.load(out / "trace.npz")
+    assert {"swap_accept", "round_trips"} <= set(trace.stats)
+    assert main(["diagnose", str(out / "trace.npz"), "--target", "eight_gaussians",
+                 "--out", str(report)]) == 0
+    summary = __import__("json").loads((report / "summary.json").read_text())
+    hopping = summary["hopping"]
+    assert hopping["n_modes"] == 8 and hopping["unvisited"] == [], hopping["unvisited"]
+    assert min(hopping["transitions"]) > 0 and not hopping["stuck"]  # every chain changes mode
+    assert (report / "tempering.png").stat().st_size > 0

@@ -30,7 +30,7 @@ from flowmc_ebm.commands import (
 
 HELP = ("sample a named target or a trained EBM (--model RUN) with a samplers kernel; write the "
         "trace to --out DIR, or stream it to a resumable run directory")
-KERNELS = ("mala", "hmc", "ula", "flowmc")
+KERNELS = ("mala", "hmc", "ula", "flowmc", "pt")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,8 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a keyword of the target's constructor, TOML value, e.g. "
                         "--target-option 'weights=[0.2, 0.8]'")
     p.add_argument("--kernel", choices=KERNELS, default="flowmc",
-                   help="mala, hmc, ula, or flowmc (MALA with flow moves; with --model the run's "
-                        "trained flow)")
+                   help="mala, hmc, ula, flowmc (MALA with flow moves; with --model the run's "
+                        "trained flow) or pt (parallel tempering from a broad Gaussian reference: "
+                        "N(0, (2 init_scale)² I) for --target, twice the chains' spread for "
+                        "--model; it finds modes no chain starts in, see docs/tempering.md)")
     p.add_argument("--chains", type=positive_int, default=256, help="chains, run as one batch")
     p.add_argument("--steps", type=positive_int, default=1000, help="draws per chain after warm-up")
     p.add_argument("--warmup", type=nonnegative_int, default=300,
@@ -72,9 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_kernel(name: str, log_prob, dim: int, step_size: float, flow=None):
+def build_kernel(name: str, log_prob, dim: int, step_size: float, flow=None, reference=None):
     """The kernel ``name`` on ``log_prob``; ``flowmc`` proposes with ``flow`` (default: a new
-    RealNVP trained during warm-up)."""
+    RealNVP trained during warm-up); ``pt`` tempers from ``reference`` (a distribution)."""
     import samplers
     from flowmc_ebm.flows import make_flow
 
@@ -84,6 +86,8 @@ def build_kernel(name: str, log_prob, dim: int, step_size: float, flow=None):
         return samplers.HMC(log_prob, step_size, n_leapfrog=10)
     if name == "ula":
         return samplers.ULA(log_prob, step_size)
+    if name == "pt":
+        return samplers.ParallelTempering(log_prob, reference, local_step_size=step_size)
     flow = make_flow(dim, transforms=4) if flow is None else flow
     return samplers.FlowMC(log_prob, flow, n_local=2, flow_lr=1e-2, local_step_size=step_size)
 
@@ -116,15 +120,25 @@ def run(args: argparse.Namespace) -> int:
         index = torch.randint(0, model.pool.shape[0], (args.chains,), generator=g, device=device)
         x0 = model.pool[index]
         flow = model.flow
+        reference = None
+        if args.kernel == "pt":
+            from flowmc_ebm.diagnostics import broad_reference
+
+            reference = broad_reference(model.pool.detach().cpu()[None])
+            reference = type(reference)(reference.loc.to(device),
+                                        covariance_matrix=reference.covariance_matrix.to(device))
     else:
         target = make_target(args.target, args.dim, args.target_option)
         log_prob, dim, what, flow = target.log_prob, target.dim, args.target, None
         x0 = args.init_scale * torch.randn(args.chains, dim, generator=g, device=device)
+        zeros = torch.zeros(dim, device=device)
+        reference = torch.distributions.Independent(
+            torch.distributions.Normal(zeros, 2 * args.init_scale * torch.ones_like(zeros)), 1)
         if flow is None and args.kernel == "flowmc":
             from flowmc_ebm.flows import make_flow
 
             flow = make_flow(dim, transforms=4).to(device)
-    kernel = build_kernel(args.kernel, log_prob, dim, args.step_size, flow)
+    kernel = build_kernel(args.kernel, log_prob, dim, args.step_size, flow, reference)
     if args.stream is None:
         trace = samplers.sample(kernel, x0, args.steps, warmup=args.warmup, thin=args.thin,
                                 progress=not args.no_progress, generator=g)
