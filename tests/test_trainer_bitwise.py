@@ -145,14 +145,19 @@ def _values(named) -> dict:
 
 
 def _machine() -> str:
-    """torch build, its CPU kernels and the CPU: what a bit-exact result depends on."""
-    cpu = platform.processor()
+    """torch build, its CPU kernels, the CPU model and its feature flags: what a bit-exact result
+    depends on (two machines both named "AMD EPYC" gave different bits for unchanged code)."""
+    cpu, flags = platform.processor(), ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
+        info = open("/proc/cpuinfo").read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in info
+                    if line.startswith("model name")), cpu)
+        flags = next((line.split(":", 1)[1].strip() for line in info
+                      if line.startswith("flags")), "")
+    except OSError:
         pass
-    return f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()} {cpu}"
+    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
+    return f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()} {cpu} flags {digest}"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
