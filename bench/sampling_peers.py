@@ -433,8 +433,9 @@ def long_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  "worst_mode_weight_error": max(r["mode_weight_error"] for r in rows),
                  "worst_max_rhat": max(r["max_rhat"] for r in rows)}
         for key in LONG_KEYS:
-            values = [r[key] for r in rows if r.get(key) is not None]
-            values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+            # float(): a JSON row read back holds non-finite numbers as "inf" / "nan" strings.
+            values = [float(r[key]) for r in rows if r.get(key) is not None]
+            values = [v for v in values if not math.isnan(v)]
             entry[key] = float(np.mean(values)) if len(values) == len(rows) else None
         out.append(entry)
     return out
