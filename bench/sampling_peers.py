@@ -185,7 +185,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         row["ratio_to_ours"] = {key: _divide(row[key], base[key]) for key in RATIO_KEYS}
 
 
-def _divide(a: float, b: float) -> float:
+def _divide(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:  # a figure a run could not give (e.g. an ESS of a frozen chain)
+        return None
+    a, b = float(a), float(b)  # rows read back from JSON hold inf / nan as strings
     if b == 0:
         return math.inf if a > 0 else math.nan
     return a / b
