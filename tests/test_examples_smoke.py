@@ -54,6 +54,10 @@ def test_diagnose_stuck_chains(tmp_path):
         assert summary
 
 
+# The determinant-free and SAEF experiment scripts (#7): slow, to keep `make test` inside its
+# 10 minutes on CI's 2 cores (~15 s each, most of it the subprocess's imports); the library code
+# they drive is unit-tested in test_ebflow.py, test_sm_ebm.py and test_sa_flow.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args", [
     ("ebflow_digits.py", ["--steps", "10", "--toy-steps", "10"]),
     ("sm_mode_blindness.py", ["--seeds", "1", "--flow-seeds", "1", "--sm-steps", "10",
@@ -75,6 +79,7 @@ def test_digits_mixture(tmp_path):
     assert (tmp_path / "samples_flowmc_seed0.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part, args", [
     ("toys", ["--toy-steps", "5", "--seeds", "1"]),
     ("digits", ["--digit-steps", "3", "--digit-configs", "1:es", "8:ml"]),
