@@ -5,7 +5,7 @@ flow, persistent chains, EMA averages), the generator's state and the logged num
 
 - ``test_fixed_seed_run_reproduces_the_recorded_numbers`` runs anywhere: the numbers must equal
   those recorded from the code *before* the trainer was split into `flowmc_ebm.training`
-  (059cabf), to float32 rounding (``ATOL``); integer, boolean and generator-state tensors exactly
+  (059cabf), to float32 rounding (`_tolerance`); integer, boolean and generator-state tensors exactly
   (an extra or missing random draw fails).
 - ``test_fixed_seed_run_is_bit_identical_on_the_recording_machine`` hashes the same numbers and
   runs only on the machine that recorded them (torch build, its CPU kernels, CPU model): bits
@@ -34,12 +34,20 @@ from flowmc_ebm.targets import TwoModes
 
 # Absolute tolerance of the portable comparison, measured on one AMD EPYC (torch 2.13 CPU): today's
 # code against 059cabf's differs by <= 7.2e-7 in the joint cases (AVX-512 and AVX2 kernels alike),
-# while raising one learning rate by 1 % moves them by 1.9e-3 (MALA) and 3.0e-3 (flowMC). The
-# energy-flow run is the sensitive one: Adam turns rounding in its near-zero spline gradients into
-# differences of up to 5.1e-4 between AVX2 and AVX-512 kernels, against 9.5e-3 for a 1 % learning
-# rate change, hence its wider tolerance.
-ATOL = {"energy-flow": 3e-3}
+# while raising one learning rate by 1 % moves them by 1.9e-3 (MALA) and 3.0e-3 (flowMC).
 ATOL_DEFAULT = 1e-4
+# The energy-flow run's parameters are the exception: Adam moves a parameter by about its learning
+# rate whatever its gradient's size, so where a spline bin's gradient is ~0 its sign is rounding,
+# and CPUs may move it either way (AVX2 against AVX-512 here: 5.1e-4; at most 2 x lr x 6 steps).
+# Its loss history does not see those bins (< 1e-6 apart under AVX2) yet moves 4.7e-3 when the
+# learning rate changes by 0.1 %: the history is held to ATOL_DEFAULT, the parameters to the bound.
+ATOL_ENERGY_FLOW_PARAMETERS = 2 * 1e-2 * 6
+
+
+def _tolerance(case: str, name: str) -> float:
+    if case == "energy-flow" and name != "history":
+        return ATOL_ENERGY_FLOW_PARAMETERS
+    return ATOL_DEFAULT
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +184,7 @@ def test_fixed_seed_run_reproduces_the_recorded_numbers(case):
             where = f"{case}: {name}"
             torch.testing.assert_close(torch.tensor(got, dtype=torch.float64),
                                        torch.tensor(want, dtype=torch.float64), rtol=0,
-                                       atol=ATOL.get(case, ATOL_DEFAULT), equal_nan=True,
+                                       atol=_tolerance(case, name), equal_nan=True,
                                        msg=lambda m, where=where: f"{where}: {m}")
 
 
