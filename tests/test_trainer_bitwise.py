@@ -32,22 +32,23 @@ import torch
 from flowmc_ebm.config import ModelConfig, TrainerConfig
 from flowmc_ebm.targets import TwoModes
 
-# Absolute tolerance of the portable comparison, measured on one AMD EPYC (torch 2.13 CPU): today's
-# code against 059cabf's differs by <= 7.2e-7 in the joint cases (AVX-512 and AVX2 kernels alike),
-# while raising one learning rate by 1 % moves them by 1.9e-3 (MALA) and 3.0e-3 (flowMC).
-ATOL_DEFAULT = 1e-4
-# The energy-flow run's parameters are the exception: Adam moves a parameter by about its learning
-# rate whatever its gradient's size, so where a spline bin's gradient is ~0 its sign is rounding,
-# and CPUs may move it either way (AVX2 against AVX-512 here: 5.1e-4; at most 2 x lr x 6 steps).
-# Its loss history does not see those bins (< 1e-6 apart under AVX2) yet moves 4.7e-3 when the
-# learning rate changes by 0.1 %: the history is held to ATOL_DEFAULT, the parameters to the bound.
-ATOL_ENERGY_FLOW_PARAMETERS = 2 * 1e-2 * 6
+# Absolute tolerances of the portable comparison, measured on one AMD EPYC (torch 2.13 CPU).
+# Logged numbers (losses, acceptance rates, mode weights) are held to 1e-4: today's code differs
+# from 059cabf's by <= 7.2e-7 under AVX-512 and AVX2 kernels alike, while raising a learning rate by
+# 0.1 % moves them by 1.9e-4 (ULA-PCD) to 4.7e-3 (energy-flow), by 1 % 1.9e-3 to 9.5e-3.
+ATOL_LOGGED = 1e-4
+# Parameters, EMA averages and chain positions are held to what Adam allows across CPUs: Adam
+# moves a parameter by about its learning rate whatever the gradient's size, so where a gradient is
+# ~0 (a spline bin no point reaches) its sign is rounding, and another CPU may move that parameter
+# the other way, by up to 2 x lr per step (AVX2 against AVX-512 here: 5.1e-4 in energy-flow,
+# <= 7.2e-7 elsewhere). The logged numbers do not see such parameters, so they carry the check.
+ATOL_PARAMETERS = 2 * 1e-2 * 8  # lr 1e-2, at most 8 steps in these runs
 
 
 def _tolerance(case: str, name: str) -> float:
-    if case == "energy-flow" and name != "history":
-        return ATOL_ENERGY_FLOW_PARAMETERS
-    return ATOL_DEFAULT
+    logged = name == "history" or not (name.startswith(("energy.", "flow.", "ema.", "pool"))
+                                       or case in ("ebflow-ssm", "energy-flow"))
+    return ATOL_LOGGED if logged else ATOL_PARAMETERS
 
 
 @pytest.fixture(autouse=True)
