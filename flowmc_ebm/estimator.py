@@ -46,7 +46,7 @@ from flowmc_ebm.diagnostics.weights import (
     mode_weights,
 )
 from flowmc_ebm.flows import base_distribution, make_flow
-from flowmc_ebm.training import JointTrainer
+from flowmc_ebm.training import JointTrainer, tilts
 from flowmc_ebm.training.tilts import TILTS
 
 __all__ = ["CHAIN_CHECK_STEPS", "FlowMCEBM", "LogNormalizer", "UnreliableNormalizerWarning",
@@ -103,9 +103,10 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
             than ``"base"``, flowMC-EBM's global moves propose from the tilt
             (``TrainerConfig.global_proposal = "tilt"``; ``trainer_options={"global_proposal":
             "flow"}`` restores the paper's flow proposal): on real data these two settings took
-            the class weights to within 0.03 (`docs/results_real_data.md`). With a tilt the
-            importance sampling of ``log Z`` and of the mode weights mixes the flow with the tilt
-            (not the flow's base) defensively. NT-EBM (``method="nt"``) takes only ``"base"``.
+            the class weights to within 0.03 (`docs/results_real_data.md`). The importance sampling
+            of ``log Z`` and of the mode weights proposes from what the global moves proposed
+            from (the tilt, defended by the flow's base; with the flow proposal: the flow,
+            defended by the tilt). NT-EBM (``method="nt"``) takes only ``"base"``.
         trainer_options: other `TrainerConfig` fields, e.g. ``{"step_size": 0.05}``.
         n_importance: importance draws for ``log Z`` after training.
         defensive: share of those drawn from the flow's Gaussian base instead of the flow.
@@ -307,17 +308,16 @@ class FlowMCEBM(DensityMixin, BaseEstimator):
         return est
 
     def _proposal(self) -> tuple[Any, Any]:
-        """The importance proposal and its defensive component. The flow, defended by the tilt
-        when there is one (else the flow's base); but where flowMC's global moves proposed from
-        the tilt (``global_proposal = "tilt"``), the flow learned from chains it did not move and
-        the tilt is the proposal the model was trained around, so: the tilt, defended by the
-        flow's (broad) base."""
-        tilt, base = self.trainer_.tilt, base_distribution(self.flow_)
-        if tilt is not None and self.trainer_.config.global_proposal == "tilt":
-            return tilt, (None if self.defensive == 0 else base)
+        """The importance proposal (`flowmc_ebm.training.tilts.global_proposal`: the flow, or the
+        tilt where flowMC's global moves proposed from it) and its defensive component: the tilt
+        behind the flow when there is one, else the flow's (broad) base."""
+        trainer, base = self.trainer_, base_distribution(self.flow_)
+        proposal = tilts.global_proposal(trainer)
         if self.defensive == 0:
-            return self.flow_, None
-        return self.flow_, (tilt if tilt is not None else base)
+            return proposal, None
+        if proposal is trainer.tilt or trainer.tilt is None:
+            return proposal, base
+        return proposal, trainer.tilt
 
     def _set_log_normalizer(self, est: LogNormalizer) -> None:
         self.log_normalizer_ = est.log_z

@@ -205,7 +205,7 @@ def load_model(run: str | Path, device: Any = "cpu", flag: str = "--model") -> T
 
     from flowmc_ebm.checkpoint import latest_checkpoint, load_checkpoint
     from flowmc_ebm.data import Standardization
-    from flowmc_ebm.training import JointTrainer
+    from flowmc_ebm.training import JointTrainer, tilts
 
     run = Path(run)
     if run.is_dir():
@@ -241,7 +241,7 @@ def load_model(run: str | Path, device: Any = "cpu", flag: str = "--model") -> T
         flow = zuko.lazy.Flow([to_z, *layers], flow.base).to(device)
         pool = std.inverse_transform(pool)
     proposal = flow
-    if trainer.tilt is not None and trainer.config.global_proposal == "tilt":
+    if tilts.global_proposal(trainer) is trainer.tilt:  # the run's moves proposed from its tilt
         tilt = trainer.tilt() if isinstance(trainer.tilt, zuko.lazy.Flow) else trainer.tilt
         proposal = tilt if std is None else torch.distributions.TransformedDistribution(
             tilt, torch.distributions.AffineTransform(mean, scale, event_dim=1))

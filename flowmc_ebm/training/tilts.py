@@ -49,8 +49,8 @@ from flowmc_ebm._checks import check_positive_int
 from flowmc_ebm.energies import FlowTiltedEnergy, TiltedEnergy
 from flowmc_ebm.flows import make_flow
 
-__all__ = ["TILTS", "fit_tilt", "flow_tilt", "gaussian_tilt", "gmm_tilt", "install", "restore_tilt",
-           "tilt_state", "tilted_model"]
+__all__ = ["TILTS", "fit_tilt", "flow_tilt", "gaussian_tilt", "global_proposal", "gmm_tilt", "install",
+           "restore_tilt", "tilt_state", "tilted_model"]
 
 #: The kinds `fit_tilt` builds (``"base"`` builds nothing: the flow's base is the tilt).
 TILTS = ("base", "gaussian", "gmm", "flow")
@@ -226,6 +226,16 @@ def restore_tilt(state: dict[str, Any] | None, dim: int,
     return flow.requires_grad_(False)
 
 
+def global_proposal(trainer: Any) -> Any:
+    """What ``trainer``'s global moves propose from: its tilt where ``trainer.global_proposal`` is
+    ``"tilt"`` and a tilt is installed, else its sampler flow. The importance readings of a
+    trained model (``log Z``, mode weights) propose from the same: where the moves came from the
+    tilt, the flow learned from chains it did not move."""
+    if trainer.tilt is not None and trainer.config.global_proposal == "tilt":
+        return trainer.tilt
+    return trainer.flow
+
+
 def install(trainer: Any, tilt: Distribution | zuko.lazy.Flow) -> None:
     """Make ``tilt`` the EBM's tilt in ``trainer`` (a `JointTrainer` not yet trained).
 
@@ -250,9 +260,7 @@ def install(trainer: Any, tilt: Distribution | zuko.lazy.Flow) -> None:
                          f"{trainer.dim}-D model; received {tuple(event)}")
     trainer.tilt = tilt
     trainer.model = model
-    # trainer.global_proposal = "tilt": the kernel's global moves propose from the tilt itself.
-    proposal = tilt if trainer.config.global_proposal == "tilt" else trainer.flow
-    trainer.kernel = trainer.method.kernel(model.log_prob, proposal, trainer.config)
+    trainer.kernel = trainer.method.kernel(model.log_prob, global_proposal(trainer), trainer.config)
     if trainer.method.name == "flowmc" and isinstance(tilt, zuko.lazy.Flow):
         try:
             trainer.flow.load_state_dict(tilt.state_dict())
