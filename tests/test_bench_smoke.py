@@ -172,7 +172,8 @@ def test_tempering_bench_counts_every_point_and_shares_the_suites_targets():
 
 
 def test_tempering_bench_jax_density_is_the_suites():
-    pytest.importorskip("jax")
+    pytest.importorskip("jax", reason="an install without JAX (a declared dependency, for numpyro "
+                                      "models) cannot check the peers' JAX density")
     import jax
     import jax.numpy as jnp
 
@@ -214,7 +215,8 @@ def test_tempering_bench_ratios_and_goals():
 
 @pytest.mark.slow  # two JIT compilations: ~60 s on the loaded 2-core machine
 def test_tempering_bench_smc_adapter_spends_about_the_budget():
-    pytest.importorskip("blackjax")  # in the bench venv only
+    pytest.importorskip("blackjax", reason="blackjax is only in the bench venv (.venv-bench, "
+                                           "make bench), where its SMC peer runs")
     from bench.peers import blackjax_smc
 
     _, suite = _tempering()

@@ -161,7 +161,8 @@ def test_an_internal_error_is_one_line_too(where, capsys, monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root writes into read-only directories")
+                    reason="as root a read-only directory is still writable, so the error "
+                           "cannot be provoked (CI and this sandbox run as root)")
 def test_an_unwritable_output_directory_is_one_line(where, capsys):
     locked = where / "locked"
     locked.mkdir()
